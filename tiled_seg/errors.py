@@ -11,6 +11,7 @@ __all__ = [
     "TiledSegError",
     "InputNotFoundError",
     "NotNGFFError",
+    "InputFormatError",
     "AxesError",
     "ChannelError",
     "PixelSizeError",
@@ -31,6 +32,10 @@ class InputNotFoundError(TiledSegError, FileNotFoundError):
 
 class NotNGFFError(TiledSegError):
     """A store exists but carries no (readable) OME-NGFF metadata."""
+
+
+class InputFormatError(TiledSegError):
+    """An input file has an unsupported format or an unexpected layout."""
 
 
 class AxesError(TiledSegError):

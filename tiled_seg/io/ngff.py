@@ -11,7 +11,7 @@ import math
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 import dask.array as da
 import numpy as np
@@ -34,6 +34,7 @@ __all__ = [
     "read_labels",
     "list_labels",
     "pyramid_shapes",
+    "check_pixel_size_um",
     "NGFFVersion",
 ]
 
@@ -93,6 +94,29 @@ class Slide:
                 f"channels: {', '.join(self.channel_names)}. Fix the panel in "
                 "the run configuration."
             ) from None
+
+
+#: Plausible pixel sizes (um): from electron-microscopy-like 1 nm to 1 mm.
+PIXEL_SIZE_RANGE_UM = (1e-3, 1e3)
+
+
+def check_pixel_size_um(pixel_size_um: float | None, source: str) -> None:
+    """Raise :class:`PixelSizeError` unless ``pixel_size_um`` is None or plausible.
+
+    Parameters
+    ----------
+    pixel_size_um : float or None
+        Pixel size in um.
+    source : str
+        What the value belongs to (a path), named in the message.
+    """
+    low, high = PIXEL_SIZE_RANGE_UM
+    if pixel_size_um is not None and not low <= pixel_size_um <= high:
+        raise PixelSizeError(
+            f"pixel size {pixel_size_um} um of {source} is implausible (expected "
+            f"{low} to {high} um); give the true value with --pixel-size-um "
+            "(e.g. 1.0 for IMC)."
+        )
 
 
 def _open_group(path: str | Path, mode: str = "r") -> zarr.Group:
@@ -175,6 +199,7 @@ def _unit_to_um(unit: str | None) -> float | None:
         "micrometer": 1.0,
         "micron": 1.0,
         "um": 1.0,
+        "µm": 1.0,
         "nanometer": 1e-3,
         "nm": 1e-3,
         "millimeter": 1e3,
@@ -241,11 +266,7 @@ def open_slide(path: str | Path, pixel_size_um: float | None = None) -> Slide:
         to_um = _unit_to_um(unit)
         if to_um is not None:
             pixel_size_um = base_scale["x"] * to_um
-    if pixel_size_um is not None and not (1e-3 <= pixel_size_um <= 1e3):
-        raise PixelSizeError(
-            f"pixel size {pixel_size_um} um of {path} is implausible; give "
-            "the true value with --pixel-size-um (e.g. 1.0 for IMC)."
-        )
+    check_pixel_size_um(pixel_size_um, path)
     n_channels = int(levels[0].shape[0])
     channels = attrs.get("omero", {}).get("channels", [])
     names = [str(c.get("label", "")) for c in channels]
@@ -348,6 +369,7 @@ def write_image(
     ngff_version: NGFFVersion = "0.5",
     overwrite: bool = False,
     name: str = "image",
+    channel_metadata: Sequence[Mapping[str, Any]] | None = None,
 ) -> zarr.Group:
     """Write a ``(C, Y, X)`` image as an OME-NGFF multiscale with a pyramid.
 
@@ -365,6 +387,13 @@ def write_image(
         Chunk side in y and x (px); channels are chunked one by one.
     ngff_version : {"0.5", "0.4"}
         0.5 writes zarr v3, 0.4 writes zarr v2.
+    overwrite : bool
+        Replace an existing store at ``path``.
+    name : str
+        Name of the multiscale image.
+    channel_metadata : sequence of mapping, optional
+        Extra keys for each channel's ``omero`` record (e.g. an IMC metal
+        tag); one mapping per channel.
 
     Returns
     -------
@@ -382,8 +411,13 @@ def write_image(
         )
     if len(set(names)) != len(names):
         raise ChannelError(f"channel names must be unique; got {names}.")
-    if pixel_size_um is not None and not pixel_size_um > 0:
-        raise PixelSizeError(f"pixel size must be positive; got {pixel_size_um} um.")
+    check_pixel_size_um(pixel_size_um, path)
+    extra = list(channel_metadata) if channel_metadata is not None else [{}] * len(names)
+    if len(extra) != len(names):
+        raise ChannelError(
+            f"{len(extra)} channel metadata records given for {len(names)} "
+            "channels; give one record per channel."
+        )
     group = _create_group(path, ngff_version, overwrite)
     level = da.asarray(data).rechunk((1, chunk_px, chunk_px))
     shapes = pyramid_shapes(level.shape[1:], chunk_px)
@@ -400,12 +434,13 @@ def write_image(
     omero = {
         "channels": [
             {
+                **more,
                 "label": n,
                 "color": "FFFFFF",
                 "active": True,
                 "window": {"start": 0.0, "end": top, "min": 0.0, "max": top},
             }
-            for n in names
+            for n, more in zip(names, extra)
         ],
         "rdefs": {"model": "greyscale"},
     }

@@ -16,6 +16,9 @@ __all__ = ["available_backends", "get_segmenter_class", "get_segmenter", "load_c
 #: Built-in backends, imported lazily so their heavy libraries load only on use.
 _BUILTIN = {
     "watershed": "tiled_seg.segmenters.watershed:WatershedSegmenter",
+    "onnx": "tiled_seg.segmenters.onnx:OnnxSegmenter",
+    "cellpose": "tiled_seg.segmenters.cellpose:CellposeSegmenter",
+    "mesmer": "tiled_seg.segmenters.mesmer:MesmerSegmenter",
 }
 _ENTRY_POINT_GROUP = "tiled_seg.segmenters"
 

@@ -1,0 +1,108 @@
+"""Whole-slide pipeline benchmark: wall time vs time inside the segmenter.
+
+Usage::
+
+    python benchmarks/bench_pipeline.py --sizes 4096 8192 --channels 16 --workers 2
+
+For each size it synthesizes a slide (not timed), runs ``tiled_seg.pipeline.run``
+on a LocalCluster and prints: wall time of the run, segmenter time (sum of the
+per-tile ``segment`` calls divided by the number of workers, i.e. the wall time a
+perfectly parallel run would spend segmenting), their ratio, and the peak
+resident memory of all processes (this one plus its workers), sampled every
+0.1 s. The goal: wall / segmenter <= 1.15, and peak memory independent of the
+slide size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+from tiled_seg.cluster import connect
+from tiled_seg.config import RunConfig
+from tiled_seg.pipeline import run
+from tiled_seg.synth import make_slide
+
+
+class PeakMemory:
+    """Samples the summed RSS of this process and its children."""
+
+    def __init__(self, interval_s: float = 0.1) -> None:
+        self.interval_s = interval_s
+        self.peak_total = 0
+        self.peak_single = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        me = psutil.Process()
+        while not self._stop.is_set():
+            sizes = []
+            for process in [me, *me.children(recursive=True)]:
+                try:
+                    sizes.append(process.memory_info().rss)
+                except psutil.Error:
+                    pass
+            self.peak_total = max(self.peak_total, sum(sizes))
+            self.peak_single = max(self.peak_single, max(sizes, default=0))
+            time.sleep(self.interval_s)
+
+    def __enter__(self) -> "PeakMemory":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def bench(size: int, channels: int, workers: int, tile_px: int, folder: Path) -> dict[str, float]:
+    slide = make_slide(folder / f"bench_{size}.ome.zarr", size=(size, size),
+                       n_channels=channels, seed=1, overwrite=True)
+    config = RunConfig(measure=False).with_overrides(**{"tiling.tile_px": tile_px})
+    with connect(workers=workers) as client:
+        with PeakMemory() as memory:
+            started = time.perf_counter()
+            result = run(slide.path, config, client=client, overwrite=True)
+            wall = time.perf_counter() - started
+    segmenter = result.segment_seconds / workers
+    return {
+        "size": size,
+        "tiles": result.n_tiles,
+        "cells": result.n_cells,
+        "wall_s": wall,
+        "segmenter_s": segmenter,
+        "ratio": wall / segmenter,
+        "peak_total_gib": memory.peak_total / 2**30,
+        "peak_process_gib": memory.peak_single / 2**30,
+        **{f"{k}_s": v for k, v in result.timings.items()},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[4096, 8192])
+    parser.add_argument("--channels", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--tile-px", type=int, default=1024)
+    parser.add_argument("--keep", type=Path, help="Keep slides in this folder.")
+    args = parser.parse_args()
+    folder = args.keep or Path(tempfile.mkdtemp(prefix="tiled_seg_bench_"))
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        rows = [bench(s, args.channels, args.workers, args.tile_px, folder) for s in args.sizes]
+    finally:
+        if args.keep is None:
+            shutil.rmtree(folder, ignore_errors=True)
+    for row in rows:
+        print(" ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+
+
+if __name__ == "__main__":
+    main()

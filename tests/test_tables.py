@@ -1,0 +1,101 @@
+"""Cell tables round-trip through Parquet, AnnData zarr (v2 and v3) and steinbock CSV."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import zarr
+
+from tiled_seg.errors import InputNotFoundError, OutputExistsError
+from tiled_seg.io.ngff import write_image
+from tiled_seg.io.tables import (
+    list_tables,
+    read_anndata_zarr,
+    read_parquet,
+    write_anndata_zarr,
+    write_parquet,
+    write_steinbock,
+)
+from tiled_seg.measure import steinbock_frames, to_anndata
+
+NAMES = ["HH3 (89)", "CD3"]
+
+
+def _table() -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    n = 5
+    table = pd.DataFrame(
+        {
+            "cell_id": np.arange(1, n + 1),
+            "area": rng.integers(10, 50, n),
+            "centroid_y": rng.random(n) * 10,
+            "centroid_x": rng.random(n) * 10,
+        }
+    )
+    table["centroid_y_um"] = table["centroid_y"] * 0.5
+    table["centroid_x_um"] = table["centroid_x"] * 0.5
+    for name in NAMES:
+        table[name] = rng.random(n)
+        table[f"{name}_sum"] = table[name] * table["area"]
+    return table
+
+
+def _edges() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "cell_a": [1, 2, 1],
+            "cell_b": [2, 3, 4],
+            "kind": pd.Categorical(["touching", "centroid", "centroid"], categories=["touching", "centroid"]),
+            "distance_um": [1.0, 2.0, 3.0],
+        }
+    )
+
+
+def test_parquet_round_trip(tmp_path) -> None:
+    table = _table()
+    path = write_parquet(table, tmp_path / "t" / "cells.parquet")
+    pd.testing.assert_frame_equal(read_parquet(path), table)
+    with pytest.raises(OutputExistsError):
+        write_parquet(table, path)
+    with pytest.raises(InputNotFoundError):
+        read_parquet(tmp_path / "missing.parquet")
+
+
+@pytest.mark.parametrize("version,zarr_format", [("0.5", 3), ("0.4", 2)])
+def test_anndata_in_store(tmp_path, version, zarr_format) -> None:
+    store = tmp_path / "s.ome.zarr"
+    write_image(store, np.zeros((2, 8, 8), np.uint8), NAMES, 1.0, ngff_version=version)
+    adata = to_anndata(_table(), NAMES, "labels/cells", _edges(), {"radius_um": 2.0})
+    write_anndata_zarr(adata, store, "cells", region="labels/cells")
+    assert list_tables(store) == ["cells"]
+    back = read_anndata_zarr(store, "cells")
+    assert list(back.var_names) == NAMES
+    np.testing.assert_allclose(back.X, _table()[NAMES].to_numpy())
+    assert list(back.obs["cell_id"]) == [1, 2, 3, 4, 5]
+    assert back.uns["config"] == {"radius_um": 2.0}
+    touching = back.obsp["touching"].toarray()
+    assert touching[0, 1] == touching[1, 0] == 1 and touching.sum() == 2
+    assert back.obsp["spatial_distances"][0, 3] == 3.0
+    group = zarr.open_group(str(store / "tables" / "cells"))
+    assert group.metadata.zarr_format == zarr_format
+    assert group.attrs["spatialdata_attrs"]["instance_key"] == "cell_id"
+    with pytest.raises(OutputExistsError):
+        write_anndata_zarr(adata, store, "cells", region="labels/cells")
+    write_anndata_zarr(adata[:2].copy(), store, "cells", region="labels/cells", overwrite=True)
+    assert read_anndata_zarr(store, "cells").n_obs == 2
+    with pytest.raises(InputNotFoundError, match="present: cells"):
+        read_anndata_zarr(store, "other")
+
+
+def test_steinbock_columns(tmp_path) -> None:
+    table = _table()
+    frames = steinbock_frames(table, NAMES, _edges(), pixel_size_um=0.5)
+    paths = write_steinbock(tmp_path / "sb", *frames)
+    intensities = pd.read_csv(paths["steinbock_intensities"])
+    assert list(intensities.columns) == ["Object", *NAMES]
+    regionprops = pd.read_csv(paths["steinbock_regionprops"])
+    assert list(regionprops.columns[:4]) == ["Object", "area", "centroid-0", "centroid-1"]
+    neighbors = pd.read_csv(paths["steinbock_neighbors"])
+    # Two centroid edges, listed in both directions, distances in px.
+    assert neighbors.values.tolist() == [[1, 4, 6.0], [2, 3, 4.0], [3, 2, 4.0], [4, 1, 6.0]]
