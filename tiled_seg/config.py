@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tiled_seg.errors import ConfigError
 
@@ -93,7 +93,21 @@ class RunConfig(_Section):
     tiling: TilingConfig = TilingConfig()
     compartment: Literal["whole-cell", "nuclear", "both"] = "both"
     outputs: OutputConfig = OutputConfig()
+    #: Grow cells from the stitched nuclei by this radius (um), for
+    #: nuclear-only backends; needs ``compartment: nuclear``.
+    expand_nuclei_um: float | None = Field(None, gt=0)
     measure: bool = True
+    #: Largest centroid distance (um) of the neighbour graph in the tables.
+    neighbour_distance_um: float = Field(20.0, gt=0)
+
+    @model_validator(mode="after")
+    def _expansion_needs_nuclei(self) -> "RunConfig":
+        if self.expand_nuclei_um is not None and self.compartment != "nuclear":
+            raise ValueError(
+                "expand_nuclei_um grows cells from nuclei; set compartment: nuclear "
+                "(the backend then segments nuclei only)"
+            )
+        return self
 
     def with_overrides(self, **changes: Any) -> "RunConfig":
         """A copy with dotted keys replaced, e.g. ``{"tiling.tile_px": 512}``."""

@@ -24,7 +24,9 @@ from distributed import Client, as_completed
 from tiled_seg import __version__
 from tiled_seg.config import RunConfig
 from tiled_seg.errors import OutputExistsError, PixelSizeError, TileLayoutError
+from tiled_seg.expand import expand_store
 from tiled_seg.io.ngff import Slide, list_labels, open_slide, write_labels
+from tiled_seg.measure import measure_store
 from tiled_seg.normalize import SlideStats, build_inputs, choose_stats_level, compute_slide_stats
 from tiled_seg.segmenters import SlideContext, get_segmenter, get_segmenter_class
 from tiled_seg.stitch import (
@@ -274,7 +276,9 @@ def run(
         slide.channel_index(name)
     primary = "nuclei" if config.compartment == "nuclear" else "cells"
     out_names = {"cells": config.outputs.cells, "nuclei": config.outputs.nuclei}
-    written_names = [out_names["nuclei"]] if primary == "nuclei" else list(out_names.values())
+    written_names = list(out_names.values())
+    if primary == "nuclei" and config.expand_nuclei_um is None:
+        written_names = [out_names["nuclei"]]
     halo_px = halo_px_for(config, slide.pixel_size_um)
     grid = plan_tiles(slide.shape_yx, config.tiling.tile_px, halo_px, slide.chunk_yx)
     store = _prepare_output(slide, None if output is None else str(output), written_names, overwrite)
@@ -370,11 +374,36 @@ def run(
     timings["write"] = time.perf_counter() - clock
     shutil.rmtree(scratch)
 
+    if config.expand_nuclei_um is not None:
+        clock = time.perf_counter()
+        expand_store(store, source=out_names["nuclei"], target=out_names["cells"],
+                     radius_um=config.expand_nuclei_um, pixel_size_um=slide.pixel_size_um,
+                     overwrite=True)
+        labels_written["cells"] = f"{store}/labels/{out_names['cells']}"
+        timings["expand"] = time.perf_counter() - clock
+
+    tables: dict[str, str] = {}
+    if config.measure and "cells" in labels_written:
+        clock = time.perf_counter()
+        measured = measure_store(
+            store,
+            labels=out_names["cells"],
+            nuclei=out_names["nuclei"] if "nuclei" in labels_written else None,
+            pixel_size_um=slide.pixel_size_um,
+            table_name=config.outputs.table,
+            distance_um=config.neighbour_distance_um,
+            overwrite=True,
+            config=config.model_dump(mode="json"),
+            image_store=slide.path,
+        )
+        tables = dict(measured.paths)
+        timings["measure"] = time.perf_counter() - clock
+
     result = RunResult(
         store=str(store),
         labels=labels_written,
-        tables={},
-        n_cells=plan.n_objects if primary == "cells" else 0,
+        tables=tables,
+        n_cells=plan.n_objects if "cells" in labels_written else 0,
         n_nuclei=n_nuclei,
         n_tiles=len(grid.tiles),
         tile_px=grid.tile_px[0],

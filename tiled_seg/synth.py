@@ -219,8 +219,9 @@ def _value_noise(seed: int, stream: int, y: np.ndarray, x: np.ndarray, spacing: 
     jy, jx = iy - iy.min(), ix - ix.min()
     lattice = _uniform(seed, stream, (iy.min() + np.arange(jy.max() + 2))[:, None],
                        (ix.min() + np.arange(jx.max() + 2))[None, :])
-    top = lattice[jy[:, None], jx[None, :]] * (1 - sx) + lattice[jy[:, None], jx[None, :] + 1] * sx
-    bottom = lattice[jy[:, None] + 1, jx[None, :]] * (1 - sx) + lattice[jy[:, None] + 1, jx[None, :] + 1] * sx
+    row, col = jy[:, None], jx[None, :]
+    top = lattice[row, col] * (1 - sx) + lattice[row, col + 1] * sx
+    bottom = lattice[row + 1, col] * (1 - sx) + lattice[row + 1, col + 1] * sx
     return top * (1 - sy) + bottom * sy
 
 
@@ -292,7 +293,7 @@ class _Model:
         return math.ceil(self.shape[0] / self.grid_px), math.ceil(self.shape[1] / self.grid_px)
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Cells:
     """Attributes of the generation cells of a rectangle, as 2D arrays."""
 
@@ -387,7 +388,9 @@ def _count_table(m: _Model) -> tuple[np.ndarray, np.ndarray]:
     return table, by_type
 
 
-def _cell_ids(m: _Model, table: np.ndarray, gy0: int, gy1: int, gx0: int, gx1: int) -> tuple[_Cells, np.ndarray]:
+def _cell_ids(
+    m: _Model, table: np.ndarray, gy0: int, gy1: int, gx0: int, gx1: int
+) -> tuple[_Cells, np.ndarray]:
     """Retained cells of a rectangle and their global ids (0 where none)."""
     n_rows, _ = m.grid_shape
     start = min(gx0, (max(gx0, 0) // _K) * _K)
@@ -397,7 +400,8 @@ def _cell_ids(m: _Model, table: np.ndarray, gy0: int, gy1: int, gx0: int, gx1: i
     ahead = np.cumsum(cells.present, axis=1) - cells.present
     ids = np.where(cells.present, table[rows, block][:, None] + ahead + 1, 0)
     crop = slice(gx0 - start, None)
-    cropped = _Cells(*(getattr(cells, f)[:, crop] for f in ("present", "cy", "cx", "kind", "hard", "mark")))
+    cropped = _Cells(cells.present[:, crop], cells.cy[:, crop], cells.cx[:, crop],
+                     cells.kind[:, crop], cells.hard[:, crop], cells.mark[:, crop])
     return cropped, ids[:, crop]
 
 
@@ -436,7 +440,7 @@ def _shape_params(m: _Model, gy: np.ndarray, gx: np.ndarray, kind: np.ndarray) -
     }
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Geometry:
     """Per-pixel cell geometry of a rectangle of pixels."""
 
@@ -568,7 +572,7 @@ def _image_block(m: _Model, table: np.ndarray, y0: int, y1: int, x0: int, x1: in
         "extracellular": ~cell * 12.0 * fibres,
     }
     lam = np.stack([
-        (weights["extracellular"] if mk.compartment == "extracellular" else per_pixel[c] * weights[mk.compartment])
+        weights[mk.compartment] * (1.0 if mk.compartment == "extracellular" else per_pixel[c])
         for c, mk in enumerate(m.markers)
     ])
     if m.spillover > 0:
@@ -576,7 +580,7 @@ def _image_block(m: _Model, table: np.ndarray, y0: int, y1: int, x0: int, x1: in
         touching = neighbour > 0
         nb = expr.reshape(len(expr), -1).take(np.maximum(neighbour - 1, 0), axis=1)
         mix = m.spillover * ring * touching
-        lam = (1.0 - mix) * lam + mix * nb * ring
+        lam = (1.0 - mix) * lam + mix * nb
     sigma = m.psf_px
     lam = ndimage.gaussian_filter(lam, sigma=(0, sigma, sigma), truncate=_TRUNCATE, mode="nearest")
     lam = lam[:, h:-h, h:-h]

@@ -138,6 +138,7 @@ def measure_store(
     connectivity: int = 1,
     overwrite: bool = False,
     config: dict[str, Any] | None = None,
+    image_store: str | Path | None = None,
 ) -> MeasureResult:
     """Measure ``labels/<labels>`` of ``store`` and write the cell tables.
 
@@ -172,6 +173,9 @@ def measure_store(
         Replace existing outputs.
     config : dict, optional
         Run configuration, stored in the AnnData's ``uns['config']``.
+    image_store : str or Path, optional
+        Store holding the image when the labels were written to a separate
+        output store (default: ``store``).
 
     Returns
     -------
@@ -185,7 +189,7 @@ def measure_store(
         raise ConfigError(f"connectivity must be 1 or 2; got {connectivity}.")
     if not distance_um > 0:
         raise ConfigError(f"neighbour distance must be > 0 um; got {distance_um}.")
-    slide = open_slide(store, pixel_size_um)
+    slide = open_slide(image_store or store, pixel_size_um)
     if slide.pixel_size_um is None:
         raise PixelSizeError(
             f"{store} does not record a pixel size; give it with --pixel-size-um."
