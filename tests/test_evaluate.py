@@ -144,3 +144,36 @@ def test_cli_on_ngff_labels(tmp_path) -> None:
                                     "--json"])
     assert out.exit_code == 0, out.output
     assert json.loads(out.output)["merges"] == 1
+
+
+@pytest.mark.parametrize("chunks", [(7, 11), (40, 60), (13, 25)])
+def test_chunked_evaluation_equals_whole(chunks) -> None:
+    import dask.array as da
+
+    from tiled_seg.evaluate import contingency_dask
+
+    pred, true = _scene()
+    # Chunks smaller than the objects: every object spans several blocks.
+    table = contingency_dask(da.from_array(pred, chunks=(9, 9)), da.from_array(true, chunks=chunks))
+    whole = contingency(pred, true)
+    for field in ("true_ids", "pred_ids", "counts"):
+        np.testing.assert_array_equal(getattr(table, field), getattr(whole, field))
+    assert match_from_contingency(table) == match_labels(pred, true)
+
+
+def test_evaluate_paths_on_chunked_ngff(tmp_path) -> None:
+    from tiled_seg.evaluate import evaluate_paths, open_label_image
+    from tiled_seg.io import write_image, write_labels
+
+    rng = np.random.default_rng(3)
+    true = np.kron(rng.integers(0, 50, (12, 12)), np.ones((6, 6), np.int64)).astype(np.uint32)
+    pred = np.roll(true, 3, axis=1)
+    store = tmp_path / "s.ome.zarr"
+    write_image(str(store), np.zeros((1, *true.shape), np.uint16), ["DNA"], 1.0, chunk_px=16)
+    write_labels(str(store), "cells", pred, 1.0, chunk_px=16)
+    write_labels(str(store), "gt", true, 1.0, chunk_px=16)
+    lazy = open_label_image(f"{store}/labels/cells")
+    assert lazy.chunksize == (16, 16)
+    result = evaluate_paths(f"{store}/labels/cells", f"{store}/labels/gt/", 0.5)
+    assert result == match_labels(pred, true)
+    assert result.n_true > 30 and result.fn > 0

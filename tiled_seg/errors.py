@@ -19,6 +19,9 @@ __all__ = [
     "OutputExistsError",
     "TileLayoutError",
     "BackendError",
+    "CorruptChunkError",
+    "OutputNotWritableError",
+    "ResumeError",
 ]
 
 
@@ -64,3 +67,15 @@ class TileLayoutError(TiledSegError):
 
 class BackendError(TiledSegError):
     """A segmentation backend is unknown, not installed, or lacks weights."""
+
+
+class CorruptChunkError(InputFormatError):
+    """A stored chunk of an input array cannot be read or decoded."""
+
+
+class OutputNotWritableError(TiledSegError, PermissionError):
+    """The output store cannot be created or written."""
+
+
+class ResumeError(TiledSegError):
+    """An interrupted run cannot be resumed with the given input and configuration."""

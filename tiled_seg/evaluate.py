@@ -9,7 +9,10 @@ extra, merged, split or other.
 The IoU table is built from a sparse contingency of ``(true, pred)`` label
 pairs, never a dense ``n_true x n_pred`` matrix. Contingencies of disjoint
 blocks add up (``a + b``), so a whole slide can be evaluated chunk by chunk
-and matched once with :func:`match_from_contingency`.
+and matched once with :func:`match_from_contingency`; :func:`contingency_dask`
+does that over dask arrays (one task per block, only the sparse tables cross
+the scheduler, merged in a tree) and :func:`evaluate_paths` over label images
+on disk (NGFF label paths are read lazily, chunk by chunk).
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import dask
+import dask.array as da
 import numpy as np
 from scipy import sparse
 from scipy.optimize import linear_sum_assignment
@@ -28,7 +33,10 @@ __all__ = [
     "Contingency",
     "MatchResult",
     "contingency",
+    "contingency_dask",
+    "evaluate_paths",
     "match_from_contingency",
+    "open_label_image",
     "match_labels",
     "read_label_image",
 ]
@@ -38,6 +46,9 @@ __all__ = [
 ERROR_IOU = 0.1
 
 _ID_LIMIT = 2**32
+
+#: Contingency tables merged per reduction task.
+FAN_IN = 8
 
 
 @dataclass(frozen=True)
@@ -327,6 +338,99 @@ def match_labels(pred: np.ndarray, true: np.ndarray, iou_threshold: float = 0.5)
     (2, 0, 0, 1.0)
     """
     return match_from_contingency(contingency(pred, true), iou_threshold)
+
+
+def _sum_tables(tables: list[Contingency]) -> Contingency:
+    return _aggregate(
+        np.concatenate([t.true_ids for t in tables]),
+        np.concatenate([t.pred_ids for t in tables]),
+        np.concatenate([t.counts for t in tables]),
+    )
+
+
+def contingency_dask(pred: da.Array | np.ndarray, true: da.Array | np.ndarray) -> Contingency:
+    """Contingency of two label images, computed block by block on dask.
+
+    ``pred`` is rechunked to the chunks of ``true``; one task per block reads
+    both blocks and returns their sparse :class:`Contingency`, and the tables
+    merge in a tree of fan-in :data:`FAN_IN`. Label blocks never cross the
+    scheduler when the arrays come from zarr.
+
+    Parameters
+    ----------
+    pred, true : dask array or ndarray of int, shape (Y, X)
+        Predicted and reference labels of the same field.
+
+    Returns
+    -------
+    Contingency
+        Equal to ``contingency(pred, true)`` of the whole images.
+    """
+    pred, true = da.asarray(pred), da.asarray(true)
+    if pred.shape != true.shape:
+        raise AxesError(
+            f"pred has shape {pred.shape} but true has {true.shape}; compare label "
+            "images of the same field at the same resolution."
+        )
+    pred = pred.rechunk(true.chunks)
+    kernel = dask.delayed(contingency, pure=True)
+    merge = dask.delayed(_sum_tables, pure=True)
+    parts = [
+        kernel(p, t)
+        for p, t in zip(pred.to_delayed().ravel(), true.to_delayed().ravel())
+    ]
+    while len(parts) > 1:
+        parts = [merge(parts[i : i + FAN_IN]) for i in range(0, len(parts), FAN_IN)]
+    (table,) = dask.compute(parts[0])
+    return table
+
+
+def open_label_image(path: str | Path, chunk_px: int = 1024) -> da.Array:
+    """A 2D label image as a lazy dask array.
+
+    Parameters
+    ----------
+    path : str or Path
+        ``store.ome.zarr/labels/<name>`` (level 0, read lazily in its zarr
+        chunks) or a ``.tif``/``.tiff`` file (read once, then chunked).
+    chunk_px : int
+        Chunk side (px) for TIFF input.
+
+    Returns
+    -------
+    dask array of int, shape (Y, X)
+    """
+    from tiled_seg.io.ngff import read_labels
+
+    text = str(path).rstrip("/")
+    store, sep, name = text.rpartition("/labels/")
+    if sep:
+        array = read_labels(store, name, level=0)
+    else:
+        array = da.from_array(read_label_image(text), chunks=chunk_px)
+    if array.ndim != 2:
+        raise AxesError(f"{text} holds shape {array.shape}; a 2D (Y, X) label image is needed.")
+    return array
+
+
+def evaluate_paths(
+    pred: str | Path, true: str | Path, iou_threshold: float = 0.5
+) -> MatchResult:
+    """Match two label images on disk, chunk by chunk (see :func:`contingency_dask`).
+
+    Parameters
+    ----------
+    pred, true : str or Path
+        TIFF files or NGFF label paths ``store.ome.zarr/labels/<name>``.
+    iou_threshold : float
+        IoU a one-to-one pair needs to count as a true positive.
+
+    Returns
+    -------
+    MatchResult
+    """
+    table = contingency_dask(open_label_image(pred), open_label_image(true))
+    return match_from_contingency(table, iou_threshold)
 
 
 def read_label_image(path: str | Path) -> np.ndarray:

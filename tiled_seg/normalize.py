@@ -162,14 +162,19 @@ def channel_percentiles(
 
 
 def normalize_channel(values: np.ndarray, low: float, high: float) -> np.ndarray:
-    """Map ``low`` to 0 and ``high`` to 1, clipped, as float32; NaN becomes 0.
+    """Map ``low`` to 0 and ``high`` to 1, clipped, as float32; NaN and inf become 0.
+
+    Non-finite pixels are invalid measurements, not bright ones, so they count
+    as background (the slide-wide statistics ignore them too).
 
     >>> normalize_channel(np.array([0, 5, 10, 20]), 0.0, 10.0).tolist()
     [0.0, 0.5, 1.0, 1.0]
     """
     scale = high - low if high > low else 1.0
-    out = (np.asarray(values, dtype=np.float32) - np.float32(low)) / np.float32(scale)
-    return np.clip(np.nan_to_num(out, nan=0.0, posinf=1.0, neginf=0.0), 0.0, 1.0)
+    values = np.asarray(values, dtype=np.float32)
+    with np.errstate(invalid="ignore", over="ignore"):
+        out = np.clip((values - np.float32(low)) / np.float32(scale), 0.0, 1.0)
+    return np.where(np.isfinite(values), out, np.float32(0.0))
 
 
 def build_inputs(

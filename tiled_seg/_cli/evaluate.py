@@ -17,10 +17,14 @@ from tiled_seg._cli import catch_errors, main
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
 @catch_errors
 def evaluate_cmd(pred: str, gt: str, iou_threshold: float, as_json: bool) -> None:
-    """Compare PRED with GT (TIFF files or store.ome.zarr/labels/<name>)."""
-    from tiled_seg.evaluate import match_labels, read_label_image
+    """Compare PRED with GT (TIFF files or store.ome.zarr/labels/<name>).
 
-    result = match_labels(read_label_image(pred), read_label_image(gt), iou_threshold)
+    NGFF labels are read lazily and compared chunk by chunk, so whole slides
+    fit in bounded memory.
+    """
+    from tiled_seg.evaluate import evaluate_paths
+
+    result = evaluate_paths(pred, gt, iou_threshold)
     if as_json:
         click.echo(json.dumps(result.to_dict()))
         return

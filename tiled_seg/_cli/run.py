@@ -22,6 +22,13 @@ def format_result(result: RunResult) -> str:
         f"tiles: {result.n_tiles} of {result.tile_px} px, halo {result.halo_px} px",
         "time: " + ", ".join(f"{k} {v:.1f} s" for k, v in result.timings.items()),
     ]
+    if result.resumed_tiles:
+        lines.append(f"resumed: {result.resumed_tiles} of {result.n_tiles} tiles from the interrupted run")
+    if result.nonfinite_px:
+        lines.append(
+            f"non-finite pixels: {result.nonfinite_px} (NaN/inf, treated as 0) in "
+            f"{len(result.nonfinite_tiles)} tiles"
+        )
     lines += [f"wrote {path}" for path in [*result.labels.values(), *result.tables.values()]]
     return "\n".join(lines)
 
@@ -37,10 +44,12 @@ def format_result(result: RunResult) -> str:
 @click.option("--workers", type=int, help="Local worker processes (default: one per core).")
 @click.option("--scheduler", help="Address of a running dask scheduler instead of a local cluster.")
 @click.option("--overwrite", is_flag=True, help="Replace existing labels and tables.")
+@click.option("--resume", is_flag=True,
+              help="Continue an interrupted run of the same slide and configuration.")
 @click.option("--summary", type=click.Path(), help="Write a JSON run summary here.")
 @catch_errors
 def run_command(slide, config_path, output, tile_size, halo, backend, pixel_size_um,
-                workers, scheduler, overwrite, summary) -> None:
+                workers, scheduler, overwrite, resume, summary) -> None:
     """Segment SLIDE (an OME-Zarr image) and write labels/cells and labels/nuclei."""
     halo_um = None if halo is None else (halo if halo == "auto" else float(halo))
     config = load_config(config_path).with_overrides(**{
@@ -51,7 +60,7 @@ def run_command(slide, config_path, output, tile_size, halo, backend, pixel_size
     })
     with connect(scheduler, workers=workers) as client, tile_progress() as progress:
         result = run(slide, config, output=output, client=client,
-                     overwrite=overwrite, progress=progress)
+                     overwrite=overwrite, progress=progress, resume=resume)
     click.echo(format_result(result))
     if summary:
         Path(summary).write_text(json.dumps(result.to_summary(), indent=2))

@@ -35,6 +35,7 @@ __all__ = [
     "list_labels",
     "pyramid_shapes",
     "check_pixel_size_um",
+    "find_unreadable_block",
     "NGFFVersion",
 ]
 
@@ -544,6 +545,25 @@ def write_labels(
     _set_ome(group, content, version)
     _set_ome(labels_group, {"labels": sorted(set(existing) | {name})}, version)
     return group
+
+
+def find_unreadable_block(array: da.Array) -> tuple[tuple[int, int], ...] | None:
+    """Index ranges ``(start, stop)`` per axis of the first block of ``array`` that fails to load.
+
+    Used after a read failed, to name the damaged chunk; loads the blocks one
+    by one (synchronously), so call it on a region, not on a whole slide.
+    Returns None when every block loads.
+
+    >>> find_unreadable_block(da.zeros((4, 4), chunks=2)) is None
+    True
+    """
+    edges = [np.cumsum((0, *sizes)) for sizes in array.chunks]
+    for index in np.ndindex(*array.numblocks):
+        try:
+            array.blocks[index].compute(scheduler="synchronous")
+        except Exception:  # any failure to load marks the block; the caller keeps the cause
+            return tuple((int(e[i]), int(e[i + 1])) for e, i in zip(edges, index))
+    return None
 
 
 def read_labels(store: str | Path, name: str, level: int = 0) -> da.Array:

@@ -1,0 +1,51 @@
+"""A rich progress bar fed by the pipeline's ``progress(stage, done, total)``."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
+
+from tiled_seg.pipeline import Progress as ProgressCallback
+
+
+class _RateColumn(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("-- tiles/s" if speed is None else f"{speed:.2f} tiles/s")
+
+
+@contextlib.contextmanager
+def tile_progress(console: Console | None = None) -> Iterator[ProgressCallback]:
+    """Yield a callback that draws tiles done of total, rate and ETA."""
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        _RateColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console or Console(stderr=True),
+    )
+    tasks: dict[str, int] = {}
+
+    def update(stage: str, done: int, total: int) -> None:
+        if stage not in tasks:
+            tasks[stage] = bar.add_task(f"{stage} tiles", total=total)
+        bar.update(tasks[stage], completed=done)
+
+    with bar:
+        yield update

@@ -1,0 +1,55 @@
+"""``tiled-seg measure``: single-cell tables from existing labels."""
+
+from __future__ import annotations
+
+import click
+
+from tiled_seg._cli import catch_errors, main
+from tiled_seg.measure import measure_store
+
+
+@main.command("measure")
+@click.argument("store", type=click.Path())
+@click.option("--labels", default="cells", show_default=True, help="Cell label image to measure.")
+@click.option(
+    "--nuclei", default="nuclei", show_default=True,
+    help="Nucleus label image for compartment means (skipped when absent); '' to skip.",
+)
+@click.option("--channels", default=None, help="Comma-separated channel names (default: all).")
+@click.option("--table-name", default="cells", show_default=True, help="Name under tables/.")
+@click.option("--distance-um", default=20.0, show_default=True, type=float,
+              help="Centroid distance (um) of the neighbour graph.")
+@click.option("--pixel-size-um", default=None, type=float, help="Override the store's pixel size (um).")
+@click.option("--h5ad", "h5ad", default=None, type=click.Path(), help="Also write an .h5ad file.")
+@click.option("--steinbock", "steinbock_dir", default=None, type=click.Path(),
+              help="Also write steinbock CSVs into this folder.")
+@click.option("--overwrite", is_flag=True, help="Replace existing tables.")
+@catch_errors
+def measure_cmd(
+    store: str,
+    labels: str,
+    nuclei: str,
+    channels: str | None,
+    table_name: str,
+    distance_um: float,
+    pixel_size_um: float | None,
+    h5ad: str | None,
+    steinbock_dir: str | None,
+    overwrite: bool,
+) -> None:
+    """Measure every cell of STORE's labels: intensities, morphology, neighbours."""
+    result = measure_store(
+        store,
+        labels=labels,
+        nuclei=nuclei or None,
+        channels=[c.strip() for c in channels.split(",")] if channels else None,
+        pixel_size_um=pixel_size_um,
+        table_name=table_name,
+        distance_um=distance_um,
+        h5ad=h5ad,
+        steinbock_dir=steinbock_dir,
+        overwrite=overwrite,
+    )
+    click.echo(f"measured {result.n_cells} cells; table {result.table_shape[0]} x {result.table_shape[1]}")
+    for kind, path in result.paths.items():
+        click.echo(f"  {kind}: {path}")

@@ -1,0 +1,160 @@
+"""Typed run configuration, loaded from YAML.
+
+Every section forbids unknown keys, so a typo is an error that names the key
+instead of a silently ignored setting. Sizes are in micrometres (``_um``) or
+pixels (``_px``) as their names say.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tiled_seg.errors import ConfigError
+
+__all__ = [
+    "PanelConfig",
+    "BackendConfig",
+    "NormalizationConfig",
+    "TilingConfig",
+    "OutputConfig",
+    "RunConfig",
+    "load_config",
+]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PanelConfig(_Section):
+    """Which channels make the nuclear and the membrane input.
+
+    Each input is the mean of its channels after slide-wide normalisation.
+    """
+
+    nuclear: tuple[str, ...] = ("DNA1",)
+    membrane: tuple[str, ...] = ("NaKATPase", "CD44", "CD45")
+
+    @field_validator("nuclear")
+    @classmethod
+    def _needs_nuclear(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("panel.nuclear must name at least one channel (e.g. DNA1)")
+        return value
+
+
+class BackendConfig(_Section):
+    """Segmentation backend and its options (validated by the backend)."""
+
+    name: str = "watershed"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class NormalizationConfig(_Section):
+    """Slide-wide per-channel intensity normalisation."""
+
+    low_percentile: float = Field(1.0, ge=0, lt=100)
+    high_percentile: float = Field(99.5, gt=0, le=100)
+    #: Pyramid level used for statistics; "auto" takes the coarsest level that
+    #: still has ``min_stats_pixels`` pixels.
+    level: int | Literal["auto"] = "auto"
+    min_stats_pixels: int = Field(4_000_000, gt=0)
+
+
+class TilingConfig(_Section):
+    """Tile core size (px) and halo (um, or "auto" from the largest cell)."""
+
+    tile_px: int = Field(1024, gt=0)
+    halo_um: float | Literal["auto"] = "auto"
+    #: Stitching accepts a match when the overlap covers this fraction of the
+    #: smaller of the two labels inside the shared region.
+    min_overlap: float = Field(0.5, gt=0, le=1)
+
+
+class OutputConfig(_Section):
+    """Names of what a run writes into the output store."""
+
+    cells: str = "cells"
+    nuclei: str = "nuclei"
+    table: str = "cells"
+
+
+class RunConfig(_Section):
+    """Everything a run needs besides the slide."""
+
+    panel: PanelConfig = PanelConfig()
+    pixel_size_um: float | None = Field(None, gt=0)
+    backend: BackendConfig = BackendConfig()
+    normalization: NormalizationConfig = NormalizationConfig()
+    tiling: TilingConfig = TilingConfig()
+    compartment: Literal["whole-cell", "nuclear", "both"] = "both"
+    outputs: OutputConfig = OutputConfig()
+    #: Grow cells from the stitched nuclei by this radius (um), for
+    #: nuclear-only backends; needs ``compartment: nuclear``.
+    expand_nuclei_um: float | None = Field(None, gt=0)
+    measure: bool = True
+    #: Largest centroid distance (um) of the neighbour graph in the tables.
+    neighbour_distance_um: float = Field(20.0, gt=0)
+
+    @model_validator(mode="after")
+    def _expansion_needs_nuclei(self) -> "RunConfig":
+        if self.expand_nuclei_um is not None and self.compartment != "nuclear":
+            raise ValueError(
+                "expand_nuclei_um grows cells from nuclei; set compartment: nuclear "
+                "(the backend then segments nuclei only)"
+            )
+        return self
+
+    def with_overrides(self, **changes: Any) -> "RunConfig":
+        """A copy with dotted keys replaced, e.g. ``{"tiling.tile_px": 512}``."""
+        data = self.model_dump()
+        for dotted, value in changes.items():
+            if value is None:
+                continue
+            node = data
+            *parents, leaf = dotted.split(".")
+            for key in parents:
+                node = node[key]
+            node[leaf] = value
+        return _validate(data, "overrides")
+
+
+def _validate(data: Any, source: str) -> RunConfig:
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as error:
+        problems = []
+        for item in error.errors():
+            where = ".".join(str(p) for p in item["loc"])
+            if item["type"] == "extra_forbidden":
+                problems.append(f"unknown key {where!r}")
+            else:
+                problems.append(f"{where}: {item['msg']}")
+        raise ConfigError(
+            f"invalid configuration in {source}: " + "; ".join(problems)
+            + ". See configs/default.yaml for every key."
+        ) from None
+
+
+def load_config(path: str | Path | None) -> RunConfig:
+    """Load a :class:`RunConfig` from YAML; None gives the defaults.
+
+    The file is parsed with ``yaml.safe_load``: no Python objects are built
+    from it.
+    """
+    if path is None:
+        return RunConfig()
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"configuration file {path} does not exist.")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {error}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of sections, not {type(data).__name__}.")
+    return _validate(data, str(path))

@@ -1,0 +1,169 @@
+"""Describe an OME-Zarr store: image, pyramid, labels, tables and run state.
+
+Only metadata is read; the store is never modified.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import zarr
+
+from tiled_seg.io.ngff import _ome_attrs, _open_group, list_labels, open_slide
+
+__all__ = ["StoreInfo", "LabelInfo", "describe", "RUN_STATE_KEY"]
+
+#: Key of the store's attributes under which a run records its state.
+RUN_STATE_KEY = "tiled_seg"
+
+#: Zarr metadata files, not tables, when listing ``tables/`` on disk.
+_ZARR_METADATA = {".zattrs", ".zgroup", ".zarray", ".zmetadata", "zarr.json"}
+
+
+@dataclass(frozen=True)
+class LabelInfo:
+    """One label image: its name, dtype and pyramid level shapes ``(Y, X)``."""
+
+    name: str
+    dtype: str
+    levels: tuple[tuple[int, ...], ...]
+
+
+@dataclass(frozen=True)
+class StoreInfo:
+    """What an OME-Zarr image store holds.
+
+    Attributes
+    ----------
+    path : str
+        The image group that was described.
+    shape : tuple of int
+        Full-resolution ``(C, Y, X)`` shape (px).
+    dtype : str
+        Pixel dtype.
+    channel_names : tuple of str
+    pixel_size_um : float or None
+        Full-resolution pixel size (um), None when the store does not say.
+    ngff_version : str
+    levels : tuple of tuple of int
+        ``(C, Y, X)`` shape of every pyramid level.
+    labels : tuple of LabelInfo
+    tables : tuple of str
+        Names of the entries under ``tables/``.
+    run_state : dict or None
+        The store's ``tiled_seg`` attribute as written by a run, if any.
+    """
+
+    path: str
+    shape: tuple[int, ...]
+    dtype: str
+    channel_names: tuple[str, ...]
+    pixel_size_um: float | None
+    ngff_version: str
+    levels: tuple[tuple[int, ...], ...]
+    labels: tuple[LabelInfo, ...]
+    tables: tuple[str, ...]
+    run_state: dict[str, Any] | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict (tuples become lists)."""
+        return dataclasses.asdict(self)
+
+    def format(self) -> str:
+        """Human-readable multi-line description."""
+        size = "unknown" if self.pixel_size_um is None else f"{self.pixel_size_um:g} um/px"
+        lines = [
+            f"store:        {self.path}",
+            f"NGFF version: {self.ngff_version}",
+            f"shape (CYX):  {_shape(self.shape)}  {self.dtype}",
+            f"pixel size:   {size}",
+            f"channels ({len(self.channel_names)}): {', '.join(self.channel_names)}",
+            f"pyramid ({len(self.levels)} levels): "
+            + ", ".join(_shape(s) for s in self.levels),
+        ]
+        if self.labels:
+            lines.append(f"labels ({len(self.labels)}):")
+            lines += [
+                f"  {label.name}: {label.dtype}, levels " + ", ".join(_shape(s) for s in label.levels)
+                for label in self.labels
+            ]
+        else:
+            lines.append("labels:       none")
+        lines.append(f"tables:       {', '.join(self.tables) if self.tables else 'none'}")
+        if self.run_state is None:
+            lines.append("run state:    none")
+        else:
+            lines.append("run state:")
+            lines += [f"  {key}: {value}" for key, value in self.run_state.items()]
+        return "\n".join(lines)
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return " x ".join(str(n) for n in shape)
+
+
+def describe(store: str | Path) -> StoreInfo:
+    """Describe the OME-Zarr image store ``store``.
+
+    Parameters
+    ----------
+    store : str or Path
+        Path or URL of an OME-NGFF image store.
+
+    Returns
+    -------
+    StoreInfo
+
+    Raises
+    ------
+    InputNotFoundError, NotNGFFError, AxesError, ChannelError, PixelSizeError
+    """
+    slide = open_slide(store)
+    image = _open_group(slide.path)
+    labels = []
+    for name in list_labels(slide.path):
+        group = image[f"labels/{name}"]
+        attrs, _ = _ome_attrs(group)
+        datasets = attrs["multiscales"][0]["datasets"]
+        arrays = [group[d["path"]] for d in datasets]
+        labels.append(LabelInfo(
+            name=name,
+            dtype=str(arrays[0].dtype),
+            levels=tuple(tuple(int(n) for n in a.shape) for a in arrays),
+        ))
+    run_state = _open_group(store).attrs.get(RUN_STATE_KEY, image.attrs.get(RUN_STATE_KEY))
+    return StoreInfo(
+        path=slide.path,
+        shape=tuple(int(n) for n in slide.data.shape),
+        dtype=str(slide.data.dtype),
+        channel_names=slide.channel_names,
+        pixel_size_um=slide.pixel_size_um,
+        ngff_version=slide.ngff_version,
+        levels=tuple(tuple(int(n) for n in level.shape) for level in slide.levels),
+        labels=tuple(labels),
+        tables=_tables(image, slide.path),
+        run_state=_run_state(run_state),
+    )
+
+
+def _run_state(value: Any) -> dict[str, Any] | None:
+    if value is None or isinstance(value, dict):
+        return value
+    return {"state": value}
+
+
+def _tables(image: zarr.Group, path: str) -> tuple[str, ...]:
+    """Names under ``tables/``: zarr members, or files on disk (e.g. Parquet)."""
+    names: set[str] = set()
+    if "tables" in image and isinstance(image["tables"], zarr.Group):
+        names.update(image["tables"].keys())
+    folder = Path(path) / "tables"
+    if "://" not in path and folder.is_dir():
+        names.update(
+            p.name for p in folder.iterdir()
+            if p.name not in _ZARR_METADATA and not p.name.startswith(".")
+        )
+    return tuple(sorted(names))

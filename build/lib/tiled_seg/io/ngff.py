@@ -1,0 +1,557 @@
+"""Read and write OME-NGFF (0.4 and 0.5) images and labels.
+
+Metadata is written with plain zarr so that chunks can be written region by
+region from worker tasks; reading it back through ome-zarr-py's ``Reader`` is
+tested.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping, Sequence
+
+import dask.array as da
+import numpy as np
+import zarr
+
+from tiled_seg.errors import (
+    AxesError,
+    ChannelError,
+    InputNotFoundError,
+    NotNGFFError,
+    OutputExistsError,
+    PixelSizeError,
+)
+
+__all__ = [
+    "Slide",
+    "open_slide",
+    "write_image",
+    "write_labels",
+    "read_labels",
+    "list_labels",
+    "pyramid_shapes",
+    "check_pixel_size_um",
+    "NGFFVersion",
+]
+
+NGFFVersion = Literal["0.4", "0.5"]
+
+#: Smallest side (px) a pyramid level may have; coarser levels are not written.
+MIN_LEVEL_SIDE_PX = 256
+
+
+@dataclass(frozen=True)
+class Slide:
+    """A multichannel image opened from an OME-NGFF store.
+
+    Attributes
+    ----------
+    path : str
+        Path or URL of the store (the group holding ``multiscales``).
+    levels : tuple of dask.array.Array
+        Pyramid levels, each ``(C, Y, X)``; ``levels[0]`` is full resolution.
+    channel_names : tuple of str
+        One unique name per channel.
+    pixel_size_um : float or None
+        Size of one full-resolution pixel in micrometres, or None when the
+        store does not say and none was given.
+    ngff_version : str
+        ``"0.4"`` or ``"0.5"``.
+    """
+
+    path: str
+    levels: tuple[da.Array, ...]
+    channel_names: tuple[str, ...]
+    pixel_size_um: float | None
+    ngff_version: str
+    level_factors: tuple[float, ...] = field(default=(1.0,))
+
+    @property
+    def data(self) -> da.Array:
+        """Full-resolution ``(C, Y, X)`` dask array."""
+        return self.levels[0]
+
+    @property
+    def shape_yx(self) -> tuple[int, int]:
+        return int(self.data.shape[1]), int(self.data.shape[2])
+
+    @property
+    def chunk_yx(self) -> tuple[int, int]:
+        """Zarr chunk size (px) of the full-resolution level in y and x."""
+        return int(self.data.chunksize[1]), int(self.data.chunksize[2])
+
+    def channel_index(self, name: str) -> int:
+        """Index of channel ``name``; a :class:`ChannelError` lists the names."""
+        try:
+            return self.channel_names.index(name)
+        except ValueError:
+            raise ChannelError(
+                f"channel {name!r} is not in the slide {self.path}; available "
+                f"channels: {', '.join(self.channel_names)}. Fix the panel in "
+                "the run configuration."
+            ) from None
+
+
+#: Plausible pixel sizes (um): from electron-microscopy-like 1 nm to 1 mm.
+PIXEL_SIZE_RANGE_UM = (1e-3, 1e3)
+
+
+def check_pixel_size_um(pixel_size_um: float | None, source: str) -> None:
+    """Raise :class:`PixelSizeError` unless ``pixel_size_um`` is None or plausible.
+
+    Parameters
+    ----------
+    pixel_size_um : float or None
+        Pixel size in um.
+    source : str
+        What the value belongs to (a path), named in the message.
+    """
+    low, high = PIXEL_SIZE_RANGE_UM
+    if pixel_size_um is not None and not low <= pixel_size_um <= high:
+        raise PixelSizeError(
+            f"pixel size {pixel_size_um} um of {source} is implausible (expected "
+            f"{low} to {high} um); give the true value with --pixel-size-um "
+            "(e.g. 1.0 for IMC)."
+        )
+
+
+def _open_group(path: str | Path, mode: str = "r") -> zarr.Group:
+    path = str(path)
+    if "://" not in path and not Path(path).exists():
+        raise InputNotFoundError(
+            f"{path} does not exist; give the path of an OME-Zarr store "
+            "(convert TIFF/MIBI/IMC files with `tiled-seg convert`)."
+        )
+    try:
+        node = zarr.open(path, mode=mode)
+    except Exception as error:  # zarr raises several types for non-stores
+        raise NotNGFFError(
+            f"{path} is not a zarr store ({error}); convert the image with "
+            "`tiled-seg convert IN OUT.ome.zarr`."
+        ) from error
+    if not isinstance(node, zarr.Group):
+        raise NotNGFFError(
+            f"{path} is a bare zarr array, not an OME-NGFF image group; "
+            "convert it with `tiled-seg convert`."
+        )
+    return node
+
+
+def _ome_attrs(group: zarr.Group) -> tuple[dict[str, Any], str]:
+    """Return the NGFF attributes of ``group`` and their version."""
+    attrs = group.attrs.asdict()
+    if "ome" in attrs:
+        ome = dict(attrs["ome"])
+        return ome, str(ome.get("version", "0.5"))
+    version = "0.4"
+    for multiscale in attrs.get("multiscales", []):
+        version = str(multiscale.get("version", version))
+    return attrs, version
+
+
+def _axis_names(axes: Sequence[Any]) -> list[str]:
+    return [a["name"] if isinstance(a, dict) else str(a) for a in axes]
+
+
+def _scale_of(dataset: dict[str, Any], axes: list[str]) -> dict[str, float]:
+    scale = [1.0] * len(axes)
+    for transform in dataset.get("coordinateTransformations", []):
+        if transform.get("type") == "scale":
+            scale = [float(s) for s in transform["scale"]]
+    return dict(zip(axes, scale))
+
+
+def _to_cyx(array: da.Array, axes: list[str], path: str) -> da.Array:
+    """Reorder ``array`` with ``axes`` to ``(C, Y, X)``, dropping singleton t/z."""
+    known = {"t", "c", "z", "y", "x"}
+    if not set(axes) <= known or len(set(axes)) != len(axes):
+        raise AxesError(
+            f"{path} has axes {axes}; expected a subset of t, c, z, y, x "
+            "with y and x present."
+        )
+    if "y" not in axes or "x" not in axes:
+        raise AxesError(f"{path} has axes {axes}; y and x are required.")
+    index: list[Any] = []
+    for name, size in zip(axes, array.shape):
+        if name in ("t", "z"):
+            if size != 1:
+                raise AxesError(
+                    f"{path} has {size} planes along {name!r}; tiled_seg "
+                    f"segments 2D slides. Select one {name} plane first."
+                )
+            index.append(0)
+        else:
+            index.append(slice(None))
+    array = array[tuple(index)]
+    kept = [a for a in axes if a not in ("t", "z")]
+    if "c" not in kept:
+        array = array[None]
+        kept = ["c"] + kept
+    return array.transpose([kept.index(a) for a in ("c", "y", "x")])
+
+
+def _unit_to_um(unit: str | None) -> float | None:
+    factors = {
+        "micrometer": 1.0,
+        "micron": 1.0,
+        "um": 1.0,
+        "µm": 1.0,
+        "nanometer": 1e-3,
+        "nm": 1e-3,
+        "millimeter": 1e3,
+        "mm": 1e3,
+    }
+    if unit is None:
+        return None
+    return factors.get(unit)
+
+
+def open_slide(path: str | Path, pixel_size_um: float | None = None) -> Slide:
+    """Open the multiscale image of an OME-NGFF store as a lazy array.
+
+    Parameters
+    ----------
+    path : str or Path
+        Store path or URL. A bioformats2raw layout (image in group ``0``) is
+        followed.
+    pixel_size_um : float, optional
+        Full-resolution pixel size in um; overrides the store's metadata.
+
+    Returns
+    -------
+    Slide
+        Lazy ``(C, Y, X)`` levels, channel names and pixel size.
+
+    Raises
+    ------
+    InputNotFoundError, NotNGFFError, AxesError, ChannelError
+    """
+    path = str(path)
+    group = _open_group(path)
+    attrs, version = _ome_attrs(group)
+    if "multiscales" not in attrs and "0" in group and isinstance(group["0"], zarr.Group):
+        return open_slide(f"{path.rstrip('/')}/0", pixel_size_um)
+    if "multiscales" not in attrs:
+        raise NotNGFFError(
+            f"{path} is a zarr group without OME-NGFF 'multiscales' metadata; "
+            "convert the image with `tiled-seg convert IN OUT.ome.zarr`."
+        )
+    multiscale = attrs["multiscales"][0]
+    axes = _axis_names(multiscale.get("axes", ["c", "y", "x"][-group[multiscale["datasets"][0]["path"]].ndim :]))
+    levels = []
+    factors = []
+    base_scale: dict[str, float] | None = None
+    for dataset in multiscale["datasets"]:
+        array = da.from_zarr(group[dataset["path"]])
+        if array.ndim != len(axes):
+            raise AxesError(
+                f"{path}/{dataset['path']} has {array.ndim} dimensions but the "
+                f"metadata names {len(axes)} axes {axes}."
+            )
+        levels.append(_to_cyx(array, axes, path))
+        scale = _scale_of(dataset, axes)
+        if base_scale is None:
+            base_scale = scale
+        factors.append(scale["x"] / base_scale["x"] if base_scale["x"] else 1.0)
+    assert base_scale is not None
+    if pixel_size_um is None:
+        unit = None
+        for axis in multiscale.get("axes", []):
+            if isinstance(axis, dict) and axis.get("name") == "x":
+                unit = axis.get("unit")
+        to_um = _unit_to_um(unit)
+        if to_um is not None:
+            pixel_size_um = base_scale["x"] * to_um
+    check_pixel_size_um(pixel_size_um, path)
+    n_channels = int(levels[0].shape[0])
+    channels = attrs.get("omero", {}).get("channels", [])
+    names = [str(c.get("label", "")) for c in channels]
+    if len(names) != n_channels or not all(names):
+        names = [f"channel_{i}" for i in range(n_channels)]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ChannelError(
+            f"{path} names channels {duplicates} more than once; channel names "
+            "must be unique. Rename them in the omero metadata."
+        )
+    return Slide(
+        path=path,
+        levels=tuple(levels),
+        channel_names=tuple(names),
+        pixel_size_um=pixel_size_um,
+        ngff_version=version,
+        level_factors=tuple(factors),
+    )
+
+
+def pyramid_shapes(shape_yx: tuple[int, int], chunk_px: int) -> list[tuple[int, int]]:
+    """Shapes of the pyramid levels (factor 2) down to ``MIN_LEVEL_SIDE_PX``.
+
+    >>> pyramid_shapes((1000, 600), 256)
+    [(1000, 600), (500, 300)]
+    """
+    shapes = [tuple(shape_yx)]
+    floor = max(MIN_LEVEL_SIDE_PX, chunk_px)
+    while min(shapes[-1]) >= 2 * floor:
+        y, x = shapes[-1]
+        shapes.append((math.ceil(y / 2), math.ceil(x / 2)))
+    return [(int(y), int(x)) for y, x in shapes]
+
+
+def _create_group(path: str, version: NGFFVersion, overwrite: bool) -> zarr.Group:
+    if "://" not in path and Path(path).exists():
+        if not overwrite:
+            raise OutputExistsError(
+                f"{path} exists; choose another output or pass --overwrite."
+            )
+        shutil.rmtree(path)
+    return zarr.open_group(path, mode="w", zarr_format=3 if version == "0.5" else 2)
+
+
+def _multiscales(
+    name: str, axes: list[str], pixel_size_um: float | None, n_levels: int, version: str
+) -> dict[str, Any]:
+    unit_axes = []
+    for a in axes:
+        entry: dict[str, str] = {"name": a, "type": "channel" if a == "c" else "space"}
+        if a != "c" and pixel_size_um is not None:
+            entry["unit"] = "micrometer"
+        unit_axes.append(entry)
+    size = pixel_size_um if pixel_size_um is not None else 1.0
+    datasets = []
+    for level in range(n_levels):
+        scale = [1.0 if a == "c" else size * 2**level for a in axes]
+        datasets.append(
+            {"path": str(level), "coordinateTransformations": [{"type": "scale", "scale": scale}]}
+        )
+    multiscale: dict[str, Any] = {"name": name, "axes": unit_axes, "datasets": datasets}
+    if version == "0.4":
+        multiscale["version"] = "0.4"
+    return multiscale
+
+
+def _set_ome(group: zarr.Group, content: dict[str, Any], version: str) -> None:
+    if version == "0.5":
+        group.attrs["ome"] = {"version": "0.5", **content}
+    else:
+        group.attrs.update(content)
+
+
+def _downsample_mean(level: da.Array) -> da.Array:
+    """Halve y and x of a ``(C, Y, X)`` array by 2x2 means, keeping the dtype."""
+    padded = da.pad(
+        level,
+        ((0, 0), (0, level.shape[1] % 2), (0, level.shape[2] % 2)),
+        mode="edge",
+    )
+    reduced = da.coarsen(np.mean, padded.astype(np.float64), {1: 2, 2: 2}, trim_excess=True)
+    if np.issubdtype(level.dtype, np.integer):
+        reduced = da.round(reduced)
+    return reduced.astype(level.dtype)
+
+
+def _downsample_nearest(level: da.Array) -> da.Array:
+    """Halve y and x by taking every other pixel: no label id is invented."""
+    return level[..., ::2, ::2]
+
+
+def write_image(
+    path: str | Path,
+    data: np.ndarray | da.Array,
+    channel_names: Sequence[str],
+    pixel_size_um: float | None,
+    *,
+    chunk_px: int = 256,
+    ngff_version: NGFFVersion = "0.5",
+    overwrite: bool = False,
+    name: str = "image",
+    channel_metadata: Sequence[Mapping[str, Any]] | None = None,
+) -> zarr.Group:
+    """Write a ``(C, Y, X)`` image as an OME-NGFF multiscale with a pyramid.
+
+    Parameters
+    ----------
+    path : str or Path
+        Output store; must not exist unless ``overwrite``.
+    data : ndarray or dask array, shape (C, Y, X)
+        Pixel values; a dask array is written block by block (bounded memory).
+    channel_names : sequence of str
+        One unique name per channel, stored in ``omero`` metadata.
+    pixel_size_um : float or None
+        Full-resolution pixel size in um.
+    chunk_px : int
+        Chunk side in y and x (px); channels are chunked one by one.
+    ngff_version : {"0.5", "0.4"}
+        0.5 writes zarr v3, 0.4 writes zarr v2.
+    overwrite : bool
+        Replace an existing store at ``path``.
+    name : str
+        Name of the multiscale image.
+    channel_metadata : sequence of mapping, optional
+        Extra keys for each channel's ``omero`` record (e.g. an IMC metal
+        tag); one mapping per channel.
+
+    Returns
+    -------
+    zarr.Group
+        The written image group.
+    """
+    path = str(path)
+    if data.ndim != 3:
+        raise AxesError(f"image data must be (C, Y, X); got shape {data.shape}.")
+    names = [str(n) for n in channel_names]
+    if len(names) != data.shape[0]:
+        raise ChannelError(
+            f"{len(names)} channel names given for {data.shape[0]} channels; "
+            "give exactly one name per channel."
+        )
+    if len(set(names)) != len(names):
+        raise ChannelError(f"channel names must be unique; got {names}.")
+    check_pixel_size_um(pixel_size_um, path)
+    extra = list(channel_metadata) if channel_metadata is not None else [{}] * len(names)
+    if len(extra) != len(names):
+        raise ChannelError(
+            f"{len(extra)} channel metadata records given for {len(names)} "
+            "channels; give one record per channel."
+        )
+    group = _create_group(path, ngff_version, overwrite)
+    level = da.asarray(data).rechunk((1, chunk_px, chunk_px))
+    shapes = pyramid_shapes(level.shape[1:], chunk_px)
+    for index in range(len(shapes)):
+        if index:
+            level = _downsample_mean(level).rechunk((1, chunk_px, chunk_px))
+        target = group.create_array(
+            str(index), shape=level.shape, chunks=(1, chunk_px, chunk_px), dtype=level.dtype,
+            fill_value=0, **_dimension_kwargs(["c", "y", "x"], ngff_version),
+        )
+        da.store(level, target, lock=False)
+        level = da.from_zarr(target)
+    top = float(np.iinfo(level.dtype).max) if np.issubdtype(level.dtype, np.integer) else 1.0
+    omero = {
+        "channels": [
+            {
+                **more,
+                "label": n,
+                "color": "FFFFFF",
+                "active": True,
+                "window": {"start": 0.0, "end": top, "min": 0.0, "max": top},
+            }
+            for n, more in zip(names, extra)
+        ],
+        "rdefs": {"model": "greyscale"},
+    }
+    if ngff_version == "0.4":
+        omero["version"] = "0.4"
+    content = {
+        "multiscales": [_multiscales(name, ["c", "y", "x"], pixel_size_um, len(shapes), ngff_version)],
+        "omero": omero,
+    }
+    _set_ome(group, content, ngff_version)
+    return group
+
+
+def _dimension_kwargs(axes: list[str], version: str) -> dict[str, Any]:
+    return {"dimension_names": axes} if version == "0.5" else {"chunk_key_encoding": {"name": "v2", "separator": "/"}}
+
+
+def _image_version(store: str) -> NGFFVersion:
+    _, version = _ome_attrs(_open_group(store))
+    return "0.4" if version == "0.4" else "0.5"
+
+
+def list_labels(store: str | Path) -> list[str]:
+    """Names of the label images in ``store/labels`` (empty when none)."""
+    group = _open_group(store)
+    if "labels" not in group:
+        return []
+    attrs, _ = _ome_attrs(group["labels"])
+    return [str(n) for n in attrs.get("labels", [])]
+
+
+def write_labels(
+    store: str | Path,
+    name: str,
+    labels: np.ndarray | da.Array,
+    pixel_size_um: float | None,
+    *,
+    chunk_px: int = 256,
+    overwrite: bool = False,
+    properties: Sequence[dict[str, Any]] | None = None,
+) -> zarr.Group:
+    """Write a ``(Y, X)`` label image to ``store/labels/name`` with a pyramid.
+
+    Levels are downsampled by taking every other pixel, so no id is invented.
+    The NGFF version follows the image in ``store``.
+
+    Parameters
+    ----------
+    store : str or Path
+        An OME-NGFF image store.
+    name : str
+        Label image name, e.g. ``"cells"``.
+    labels : ndarray or dask array, shape (Y, X)
+        Integer labels, 0 for background. A dask array is written block by
+        block; its graph is computed here.
+    pixel_size_um : float or None
+        Full-resolution pixel size in um.
+    chunk_px : int
+        Chunk side (px).
+    overwrite : bool
+        Replace an existing label image of that name.
+    properties : sequence of dict, optional
+        NGFF ``image-label`` ``properties`` records (one per label id).
+    """
+    store = str(store)
+    if labels.ndim != 2:
+        raise AxesError(f"labels must be (Y, X); got shape {labels.shape}.")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise TypeError(f"labels must have an integer dtype; got {labels.dtype}.")
+    version = _image_version(store)
+    root = zarr.open_group(store, mode="a")
+    labels_group = root.require_group("labels")
+    existing = list_labels(store)
+    if name in labels_group:
+        if not overwrite:
+            raise OutputExistsError(
+                f"{store}/labels/{name} exists; pass --overwrite to replace it."
+            )
+        del labels_group[name]
+    group = labels_group.create_group(name)
+    level = da.asarray(labels).rechunk((chunk_px, chunk_px))
+    shapes = pyramid_shapes(level.shape, chunk_px)
+    for index in range(len(shapes)):
+        if index:
+            level = _downsample_nearest(level).rechunk((chunk_px, chunk_px))
+        target = group.create_array(
+            str(index), shape=level.shape, chunks=(chunk_px, chunk_px), dtype=level.dtype,
+            fill_value=0, **_dimension_kwargs(["y", "x"], version),
+        )
+        da.store(level, target, lock=False)
+        level = da.from_zarr(target)
+    image_label: dict[str, Any] = {"source": {"image": "../../"}}
+    if properties:
+        image_label["properties"] = list(properties)
+    if version == "0.4":
+        image_label["version"] = "0.4"
+    content = {
+        "multiscales": [_multiscales(name, ["y", "x"], pixel_size_um, len(shapes), version)],
+        "image-label": image_label,
+    }
+    _set_ome(group, content, version)
+    _set_ome(labels_group, {"labels": sorted(set(existing) | {name})}, version)
+    return group
+
+
+def read_labels(store: str | Path, name: str, level: int = 0) -> da.Array:
+    """Lazy ``(Y, X)`` label array ``store/labels/name`` at pyramid ``level``."""
+    store = str(store)
+    if name not in list_labels(store):
+        raise InputNotFoundError(
+            f"{store} has no label image {name!r}; present: "
+            f"{', '.join(list_labels(store)) or 'none'}. Run `tiled-seg run` first."
+        )
+    return da.from_zarr(_open_group(store)[f"labels/{name}/{level}"])

@@ -1,0 +1,35 @@
+"""Single-cell measurement: per-cell intensities, morphology and neighbours (stage 8)."""
+
+from tiled_seg.measure._distributed import aggregate_cells, morphology_dask, touching_dask
+from tiled_seg.measure._intensity import block_partials, combine_partials
+from tiled_seg.measure._morphology import MORPHOLOGY_COLUMNS, morphology_table
+from tiled_seg.measure._neighbours import centroid_pairs, touching_pairs
+from tiled_seg.measure._store import (
+    OUTPUTS,
+    MeasureResult,
+    measure_arrays,
+    measure_store,
+    neighbour_edges,
+)
+from tiled_seg.measure._table import cell_table, link_nuclei, steinbock_frames, to_anndata
+
+__all__ = [
+    "MeasureResult",
+    "measure_store",
+    "measure_arrays",
+    "neighbour_edges",
+    "OUTPUTS",
+    "aggregate_cells",
+    "morphology_dask",
+    "touching_dask",
+    "block_partials",
+    "combine_partials",
+    "morphology_table",
+    "MORPHOLOGY_COLUMNS",
+    "touching_pairs",
+    "centroid_pairs",
+    "cell_table",
+    "link_nuclei",
+    "to_anndata",
+    "steinbock_frames",
+]

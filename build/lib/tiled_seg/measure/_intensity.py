@@ -1,0 +1,182 @@
+"""Per-block partial reductions of pixel counts, channel sums and boxes.
+
+A cell spans several chunks, so nothing per cell can be finished inside one
+block. Each block instead returns small partial sums keyed by label id
+(:func:`block_partials`); partials from any set of blocks merge with
+:func:`combine_partials` in any grouping, and :func:`finish_partials` turns the
+merged sums into per-cell counts, means, centroids and bounding boxes. All
+kernels are vectorised over pixels with ``np.bincount`` / ``ufunc.at``; none
+loops over cells, and none imports dask.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["block_partials", "combine_partials", "empty_partials"]
+
+#: Keys whose values are summed when partials merge; box corners take min / max.
+_SUM_KEYS = ("count", "sum", "sum_y", "sum_x", "nuc_count", "nuc_sum")
+_MIN_KEYS = ("min_y", "min_x")
+
+
+def _group(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct ids of ``labels`` (ravelled) and each pixel's index into them."""
+    flat = labels.ravel()
+    low, high = int(flat.min()), int(flat.max())
+    if high - low <= 4 * flat.size:
+        # Ids inside one chunk are usually a narrow range: a dense lookup
+        # avoids the sort that np.unique would need.
+        dense = (flat - low).astype(np.intp, copy=False)
+        present = np.flatnonzero(np.bincount(dense))
+        lookup = np.zeros(high - low + 1, dtype=np.intp)
+        lookup[present] = np.arange(present.size)
+        return present.astype(np.int64) + low, lookup[dense]
+    ids, inverse = np.unique(flat, return_inverse=True)
+    return ids.astype(np.int64), inverse.ravel()
+
+
+def empty_partials(n_channels: int, with_nuclei: bool) -> dict[str, np.ndarray]:
+    """Partials of a block without any labelled pixel."""
+    parts = {
+        "label": np.zeros(0, np.int64),
+        "count": np.zeros(0, np.int64),
+        "sum": np.zeros((0, n_channels)),
+        "sum_y": np.zeros(0),
+        "sum_x": np.zeros(0),
+        "min_y": np.zeros(0, np.int64),
+        "min_x": np.zeros(0, np.int64),
+        "max_y": np.zeros(0, np.int64),
+        "max_x": np.zeros(0, np.int64),
+    }
+    if with_nuclei:
+        parts["nuc_count"] = np.zeros(0, np.int64)
+        parts["nuc_sum"] = np.zeros((0, n_channels))
+        parts["pairs"] = np.zeros((0, 3), np.int64)
+    return parts
+
+
+def block_partials(
+    labels: np.ndarray,
+    image: np.ndarray,
+    origin: tuple[int, int],
+    nuclei: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """Partial per-label sums of one block.
+
+    Parameters
+    ----------
+    labels : ndarray, shape (Y, X), integer
+        Cell labels of the block, 0 for background.
+    image : ndarray, shape (C, Y, X)
+        Channel values of the same pixels.
+    origin : (int, int)
+        Global (y, x) position of the block's first pixel (px).
+    nuclei : ndarray, shape (Y, X), optional
+        Nucleus labels of the same pixels, 0 for background.
+
+    Returns
+    -------
+    dict of ndarray
+        One row per cell id present: ``label``, ``count`` (px), ``sum``
+        ``(n, C)``, ``sum_y`` / ``sum_x`` (sums of global pixel coordinates),
+        ``min_y`` / ``min_x`` (inclusive) and ``max_y`` / ``max_x``
+        (exclusive) box corners in global px. With ``nuclei``: ``nuc_count``
+        and ``nuc_sum`` (the cell's pixels covered by any nucleus) and
+        ``pairs``, rows ``(cell, nucleus, overlap_px)``.
+    """
+    n_channels = image.shape[0]
+    height, width = labels.shape
+    if labels.size == 0 or not labels.any():
+        return empty_partials(n_channels, nuclei is not None)
+    ids, inverse = _group(labels)
+    n = ids.size
+    count = np.bincount(inverse, minlength=n)
+    sums = np.empty((n, n_channels))
+    for channel in range(n_channels):
+        sums[:, channel] = np.bincount(inverse, weights=image[channel].ravel(), minlength=n)
+    rows = np.repeat(np.arange(height, dtype=np.float64), width)
+    cols = np.tile(np.arange(width, dtype=np.float64), height)
+    y0, x0 = origin
+    parts = {
+        "label": ids,
+        "count": count,
+        "sum": sums,
+        "sum_y": np.bincount(inverse, weights=rows, minlength=n) + y0 * count,
+        "sum_x": np.bincount(inverse, weights=cols, minlength=n) + x0 * count,
+    }
+    int_rows, int_cols = rows.astype(np.int64), cols.astype(np.int64)
+    for key, values, ufunc, start, offset in (
+        ("min_y", int_rows, np.minimum, height, y0),
+        ("min_x", int_cols, np.minimum, width, x0),
+        ("max_y", int_rows, np.maximum, -1, y0 + 1),
+        ("max_x", int_cols, np.maximum, -1, x0 + 1),
+    ):
+        extreme = np.full(n, start, dtype=np.int64)
+        ufunc.at(extreme, inverse, values)
+        parts[key] = extreme + offset
+    if nuclei is not None:
+        in_nucleus = (nuclei.ravel() > 0).astype(np.float64)
+        parts["nuc_count"] = np.bincount(inverse, weights=in_nucleus, minlength=n).astype(np.int64)
+        nuc_sum = np.empty((n, n_channels))
+        for channel in range(n_channels):
+            nuc_sum[:, channel] = np.bincount(
+                inverse, weights=image[channel].ravel() * in_nucleus, minlength=n
+            )
+        parts["nuc_sum"] = nuc_sum
+        both = (labels.ravel() > 0) & (nuclei.ravel() > 0)
+        codes = (labels.ravel()[both].astype(np.uint64) << np.uint64(32)) | nuclei.ravel()[
+            both
+        ].astype(np.uint64)
+        pair_codes, overlap = np.unique(codes, return_counts=True)
+        parts["pairs"] = np.stack(
+            [
+                (pair_codes >> np.uint64(32)).astype(np.int64),
+                (pair_codes & np.uint64(0xFFFFFFFF)).astype(np.int64),
+                overlap.astype(np.int64),
+            ],
+            axis=1,
+        )
+    keep = ids > 0
+    return {k: (v if k == "pairs" else v[keep]) for k, v in parts.items()}
+
+
+def _runs(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Stable sort order of ``keys`` and the start of each run of equal keys."""
+    order = np.argsort(keys, kind="stable")
+    ordered = keys[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]]) if keys.size else np.zeros(0, np.intp)
+    return order, starts
+
+
+def combine_partials(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Merge partials of disjoint pixel sets into one partial (same keys).
+
+    Counts and sums add, box corners take the min / max, nucleus overlaps add
+    per (cell, nucleus) pair. The result is sorted by label id.
+    """
+    merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    order, starts = _runs(merged["label"])
+    out: dict[str, np.ndarray] = {"label": merged["label"][order][starts]}
+    for key, values in merged.items():
+        if key in ("label", "pairs"):
+            continue
+        ordered = values[order]
+        if key in _SUM_KEYS:
+            reduce = np.add.reduceat
+        elif key in _MIN_KEYS:
+            reduce = np.minimum.reduceat
+        else:
+            reduce = np.maximum.reduceat
+        out[key] = reduce(ordered, starts, axis=0) if starts.size else ordered[:0]
+    if "pairs" in merged:
+        pairs = merged["pairs"]
+        codes = (pairs[:, 0].astype(np.uint64) << np.uint64(32)) | pairs[:, 1].astype(np.uint64)
+        pair_order, pair_starts = _runs(codes)
+        if pair_starts.size:
+            first = pairs[pair_order][pair_starts]
+            overlap = np.add.reduceat(pairs[pair_order, 2], pair_starts)
+            out["pairs"] = np.stack([first[:, 0], first[:, 1], overlap], axis=1)
+        else:
+            out["pairs"] = pairs[:0]
+    return out

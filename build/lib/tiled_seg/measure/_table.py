@@ -1,0 +1,202 @@
+"""Turn merged per-cell sums into the cell table, and the table into AnnData / steinbock frames."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+from scipy import sparse
+
+__all__ = ["cell_table", "link_nuclei", "to_anndata", "steinbock_frames"]
+
+#: Column suffixes of the per-channel values other than the mean.
+SUM_SUFFIX, NUCLEAR_SUFFIX, CYTOPLASM_SUFFIX = "_sum", "_nuclear", "_cytoplasm"
+
+
+def link_nuclei(pairs: np.ndarray, cell_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Nucleus of each cell by maximum overlap.
+
+    Each nucleus is linked to the cell it overlaps most; each cell keeps the
+    linked nucleus with which it shares most pixels. Ties go to the smaller id.
+
+    Parameters
+    ----------
+    pairs : ndarray, shape (m, 3), int
+        Rows ``(cell, nucleus, overlap_px)``.
+    cell_ids : ndarray, shape (n,)
+        Sorted cell ids.
+
+    Returns
+    -------
+    nucleus_id : ndarray, shape (n,), int64
+        0 where a cell has no nucleus.
+    overlap : ndarray, shape (n,), int64
+        Pixels shared by the cell and its nucleus (px).
+    """
+    nucleus_id = np.zeros(cell_ids.size, np.int64)
+    overlap = np.zeros(cell_ids.size, np.int64)
+    if not len(pairs):
+        return nucleus_id, overlap
+    cell, nucleus, shared = pairs[:, 0], pairs[:, 1], pairs[:, 2]
+    # Best cell per nucleus: sort by nucleus, then overlap descending, then cell.
+    order = np.lexsort((cell, -shared, nucleus))
+    first = np.r_[True, nucleus[order][1:] != nucleus[order][:-1]]
+    linked = order[first]
+    cell, nucleus, shared = cell[linked], nucleus[linked], shared[linked]
+    order = np.lexsort((nucleus, -shared, cell))
+    first = np.r_[True, cell[order][1:] != cell[order][:-1]]
+    best = order[first]
+    rows = np.searchsorted(cell_ids, cell[best])
+    nucleus_id[rows] = nucleus[best]
+    overlap[rows] = shared[best]
+    return nucleus_id, overlap
+
+
+def cell_table(
+    sums: dict[str, np.ndarray], channel_names: Sequence[str], pixel_size_um: float
+) -> pd.DataFrame:
+    """One row per cell from the merged partials of ``aggregate_cells``.
+
+    Columns: ``cell_id``; ``area`` (px) and ``area_um2``; ``centroid_y`` /
+    ``centroid_x`` (px, pixel centres at integer coordinates as in skimage)
+    and ``centroid_y_um`` / ``centroid_x_um``; ``bbox_min_y``, ``bbox_min_x``,
+    ``bbox_max_y``, ``bbox_max_x`` (px, max exclusive); the mean of each
+    channel under its own name and its sum as ``<name>_sum``. With nuclei:
+    ``nucleus_id`` (maximum overlap, 0 if none), ``nuclear_area`` (px of the
+    cell inside that nucleus), ``nc_ratio`` (nuclear_area / area, 0 without a
+    nucleus), and per channel ``<name>_nuclear`` (mean over the cell's pixels
+    inside any nucleus) and ``<name>_cytoplasm`` (mean over the rest; NaN
+    when a compartment is empty).
+    """
+    count = sums["count"].astype(np.float64)
+    columns: dict[str, Any] = {
+        "cell_id": sums["label"].astype(np.int64),
+        "area": sums["count"].astype(np.int64),
+        "area_um2": count * pixel_size_um**2,
+        "centroid_y": sums["sum_y"] / count,
+        "centroid_x": sums["sum_x"] / count,
+    }
+    columns["centroid_y_um"] = columns["centroid_y"] * pixel_size_um
+    columns["centroid_x_um"] = columns["centroid_x"] * pixel_size_um
+    for corner in ("min_y", "min_x", "max_y", "max_x"):
+        columns[f"bbox_{corner}"] = sums[corner].astype(np.int64)
+    means = sums["sum"] / count[:, None]
+    for index, name in enumerate(channel_names):
+        columns[name] = means[:, index]
+    for index, name in enumerate(channel_names):
+        columns[f"{name}{SUM_SUFFIX}"] = sums["sum"][:, index]
+    if "pairs" in sums:
+        nucleus_id, shared = link_nuclei(sums["pairs"], columns["cell_id"])
+        columns["nucleus_id"] = nucleus_id
+        columns["nuclear_area"] = shared
+        columns["nc_ratio"] = shared / count
+        nuc_count = sums["nuc_count"].astype(np.float64)[:, None]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            nuclear = np.where(nuc_count > 0, sums["nuc_sum"] / nuc_count, np.nan)
+            cyto_count = count[:, None] - nuc_count
+            cytoplasm = np.where(
+                cyto_count > 0, (sums["sum"] - sums["nuc_sum"]) / cyto_count, np.nan
+            )
+        for index, name in enumerate(channel_names):
+            columns[f"{name}{NUCLEAR_SUFFIX}"] = nuclear[:, index]
+        for index, name in enumerate(channel_names):
+            columns[f"{name}{CYTOPLASM_SUFFIX}"] = cytoplasm[:, index]
+    return pd.DataFrame(columns)
+
+
+def _graph(edges: pd.DataFrame, kind: str, index: pd.Index, values: str | None) -> sparse.csr_matrix:
+    chosen = edges[edges["kind"] == kind]
+    rows = index.get_indexer(chosen["cell_a"])
+    cols = index.get_indexer(chosen["cell_b"])
+    data = chosen[values].to_numpy() if values else np.ones(len(chosen))
+    n = len(index)
+    upper = sparse.coo_matrix((data, (rows, cols)), shape=(n, n))
+    return (upper + upper.T).tocsr()
+
+
+def to_anndata(
+    table: pd.DataFrame,
+    channel_names: Sequence[str],
+    region: str,
+    edges: pd.DataFrame | None = None,
+    uns: dict[str, Any] | None = None,
+) -> ad.AnnData:
+    """AnnData of a cell table: X = channel means, obs = everything else.
+
+    ``obs`` gets ``region`` (the label image, e.g. ``labels/cells``) and keeps
+    ``cell_id``; ``obsm['spatial']`` holds centroids (x, y) in um; layers
+    hold the sums and, where present, the nuclear and cytoplasm means. With
+    ``edges``: ``obsp['touching']`` (0/1) and the centroid-distance graph as
+    ``obsp['spatial_connectivities']`` / ``obsp['spatial_distances']`` (um),
+    as squidpy names them.
+    """
+    names = list(channel_names)
+    layer_columns = {
+        "sum": [f"{n}{SUM_SUFFIX}" for n in names],
+        "nuclear": [f"{n}{NUCLEAR_SUFFIX}" for n in names],
+        "cytoplasm": [f"{n}{CYTOPLASM_SUFFIX}" for n in names],
+    }
+    channel_columns = set(names).union(*layer_columns.values())
+    obs = table[[c for c in table.columns if c not in channel_columns]].copy()
+    obs.insert(0, "region", pd.Categorical([region] * len(table)))
+    obs.index = pd.Index(table["cell_id"].astype(str).to_numpy())
+    adata = ad.AnnData(
+        X=table[names].to_numpy(dtype=np.float64),
+        obs=obs,
+        var=pd.DataFrame(index=pd.Index(names, dtype=str)),
+    )
+    for layer, columns in layer_columns.items():
+        if all(c in table.columns for c in columns):
+            adata.layers[layer] = table[columns].to_numpy(dtype=np.float64)
+    adata.obsm["spatial"] = table[["centroid_x_um", "centroid_y_um"]].to_numpy()
+    if edges is not None:
+        index = pd.Index(table["cell_id"].to_numpy())
+        adata.obsp["touching"] = _graph(edges, "touching", index, None)
+        adata.obsp["spatial_connectivities"] = _graph(edges, "centroid", index, None)
+        adata.obsp["spatial_distances"] = _graph(edges, "centroid", index, "distance_um")
+    if uns:
+        adata.uns["config"] = dict(uns)
+    return adata
+
+
+def steinbock_frames(
+    table: pd.DataFrame,
+    channel_names: Sequence[str],
+    edges: pd.DataFrame,
+    pixel_size_um: float,
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Intensities, regionprops and neighbours frames in steinbock's conventions.
+
+    steinbock works in px: regionprops use skimage's names (``centroid-0`` is
+    y), neighbours are the centroid-distance graph with ``Distance`` in px,
+    listed once per direction.
+    """
+    intensities = pd.DataFrame({"Object": table["cell_id"]})
+    for name in channel_names:
+        intensities[name] = table[name]
+    renames = {
+        "area": "area",
+        "centroid_y": "centroid-0",
+        "centroid_x": "centroid-1",
+        "major_axis_length": "axis_major_length",
+        "minor_axis_length": "axis_minor_length",
+        "eccentricity": "eccentricity",
+        "perimeter": "perimeter",
+        "solidity": "solidity",
+    }
+    regionprops = pd.DataFrame({"Object": table["cell_id"]})
+    for source, target in renames.items():
+        if source in table.columns:
+            regionprops[target] = table[source]
+    centroid = edges[edges["kind"] == "centroid"]
+    distance_px = centroid["distance_um"].to_numpy() / pixel_size_um
+    neighbors = pd.DataFrame(
+        {
+            "Object": np.r_[centroid["cell_a"].to_numpy(), centroid["cell_b"].to_numpy()],
+            "Neighbor": np.r_[centroid["cell_b"].to_numpy(), centroid["cell_a"].to_numpy()],
+            "Distance": np.r_[distance_px, distance_px],
+        }
+    ).sort_values(["Object", "Neighbor"], ignore_index=True)
+    return intensities, regionprops, neighbors

@@ -1,0 +1,256 @@
+"""Slide-wide intensity statistics and normalisation.
+
+Every tile is normalised with the same numbers, computed once over the whole
+slide: per-tile normalisation gives each tile its own contrast and therefore
+seams.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import dask
+import dask.array as da
+import numpy as np
+from skimage.filters import threshold_otsu
+
+__all__ = [
+    "SlideStats",
+    "choose_stats_level",
+    "channel_percentiles",
+    "compute_slide_stats",
+    "normalize_channel",
+    "build_inputs",
+]
+
+#: Bins of the histogram of a derived (0-1) input image, for Otsu thresholds.
+DERIVED_BINS = 1024
+#: Largest number of bins used for exact integer histograms.
+MAX_EXACT_BINS = 1 << 17
+FLOAT_BINS = 1 << 14
+
+
+@dataclass(frozen=True)
+class SlideStats:
+    """Slide-wide numbers applied identically to every tile.
+
+    Attributes
+    ----------
+    low, high : dict of str to float
+        Per-channel intensities mapped to 0 and 1 (raw units).
+    nuclear_threshold, membrane_threshold : float
+        Otsu thresholds of the normalised nuclear and membrane inputs (0-1).
+    level : int
+        Pyramid level the statistics were computed on.
+    """
+
+    low: dict[str, float]
+    high: dict[str, float]
+    nuclear_threshold: float
+    membrane_threshold: float
+    level: int
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "low": self.low,
+            "high": self.high,
+            "nuclear_threshold": self.nuclear_threshold,
+            "membrane_threshold": self.membrane_threshold,
+            "level": self.level,
+        }
+
+
+def choose_stats_level(level_shapes: Sequence[tuple[int, ...]], min_pixels: int) -> int:
+    """Coarsest pyramid level with at least ``min_pixels`` pixels (else 0).
+
+    >>> choose_stats_level([(3, 4000, 4000), (3, 2000, 2000), (3, 1000, 1000)], 2_000_000)
+    1
+    """
+    chosen = 0
+    for index, shape in enumerate(level_shapes):
+        if shape[-1] * shape[-2] >= min_pixels:
+            chosen = index
+    return chosen
+
+
+def _percentiles_from_histogram(
+    counts: np.ndarray, low: float, width: float, percentiles: Sequence[float]
+) -> list[float]:
+    """Lower bin edges at which the cumulative counts reach each percentile."""
+    cumulative = np.cumsum(counts, dtype=np.float64)
+    total = cumulative[-1] if cumulative.size else 0.0
+    if total == 0:
+        return [low] * len(percentiles)
+    values = []
+    for percentile in percentiles:
+        index = int(np.searchsorted(cumulative, total * percentile / 100.0, side="left"))
+        values.append(low + width * min(index, counts.size - 1))
+    return values
+
+
+def _block_min_max(block: np.ndarray) -> np.ndarray:
+    """Per-channel (min, max) of the finite pixels of a ``(C, Y, X)`` block."""
+    flat = block.reshape(block.shape[0], -1).astype(np.float64)
+    finite = np.isfinite(flat)
+    low = np.where(finite, flat, np.inf).min(axis=1, initial=np.inf)
+    high = np.where(finite, flat, -np.inf).max(axis=1, initial=-np.inf)
+    return np.stack([low, high], axis=1)
+
+
+def _block_histograms(
+    block: np.ndarray, low: np.ndarray, width: np.ndarray, n_bins: int
+) -> np.ndarray:
+    """``(C, n_bins)`` counts of a ``(C, Y, X)`` block; non-finite pixels skipped."""
+    counts = np.zeros((block.shape[0], n_bins), dtype=np.int64)
+    for channel in range(block.shape[0]):
+        values = block[channel].ravel().astype(np.float64)
+        values = values[np.isfinite(values)]
+        index = np.floor((values - low[channel]) / width[channel]).astype(np.int64)
+        counts[channel] = np.bincount(np.clip(index, 0, n_bins - 1), minlength=n_bins)
+    return counts
+
+
+def _tree_sum(parts: list) -> object:
+    """Pairwise sum of delayed arrays: memory stays one partial per level."""
+    while len(parts) > 1:
+        parts = [
+            dask.delayed(np.add)(parts[i], parts[i + 1]) if i + 1 < len(parts) else parts[i]
+            for i in range(0, len(parts), 2)
+        ]
+    return parts[0]
+
+
+def _histograms(
+    image: da.Array, low: np.ndarray, width: np.ndarray, n_bins: int
+) -> np.ndarray:
+    blocks = image.rechunk({0: -1}).to_delayed().ravel()
+    parts = [dask.delayed(_block_histograms)(b, low, width, n_bins) for b in blocks]
+    return np.asarray(_tree_sum(parts).compute())
+
+
+def channel_percentiles(
+    image: da.Array, percentiles: Sequence[float]
+) -> list[list[float]]:
+    """Percentiles of every channel of a ``(C, Y, X)`` array, in two passes.
+
+    Integer data whose range spans at most ``MAX_EXACT_BINS`` values gets one
+    bin per value, so its percentiles are exact (the ``inverted_cdf``
+    definition); other data gets ``FLOAT_BINS`` bins between its minimum and
+    maximum. Non-finite pixels are ignored.
+    """
+    blocks = image.rechunk({0: -1}).to_delayed().ravel()
+    extremes = np.stack(dask.compute(*[dask.delayed(_block_min_max)(b) for b in blocks]))
+    low = extremes[:, :, 0].min(axis=0)
+    high = extremes[:, :, 1].max(axis=0)
+    empty = ~np.isfinite(low)
+    low[empty] = 0.0
+    high[empty] = 0.0
+    span = np.maximum(high - low, 0.0)
+    exact = np.issubdtype(image.dtype, np.integer) and span.max(initial=0) + 1 <= MAX_EXACT_BINS
+    if exact:
+        width = np.ones_like(span)
+        n_bins = int(span.max(initial=0)) + 1
+    else:
+        width = np.where(span > 0, span / FLOAT_BINS, 1.0)
+        n_bins = FLOAT_BINS + 1
+    counts = _histograms(image, low, width, n_bins)
+    return [
+        _percentiles_from_histogram(counts[c], float(low[c]), float(width[c]), percentiles)
+        for c in range(image.shape[0])
+    ]
+
+
+def normalize_channel(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Map ``low`` to 0 and ``high`` to 1, clipped, as float32; NaN becomes 0.
+
+    >>> normalize_channel(np.array([0, 5, 10, 20]), 0.0, 10.0).tolist()
+    [0.0, 0.5, 1.0, 1.0]
+    """
+    scale = high - low if high > low else 1.0
+    out = (np.asarray(values, dtype=np.float32) - np.float32(low)) / np.float32(scale)
+    return np.clip(np.nan_to_num(out, nan=0.0, posinf=1.0, neginf=0.0), 0.0, 1.0)
+
+
+def build_inputs(
+    block: np.ndarray,
+    names: Sequence[str],
+    nuclear: Sequence[str],
+    membrane: Sequence[str],
+    low: dict[str, float],
+    high: dict[str, float],
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Nuclear and membrane inputs of one ``(C, Y, X)`` block of panel channels.
+
+    Each input is the mean of its normalised channels; membrane is None when
+    the panel names no membrane channel.
+    """
+
+    def mean_of(channels: Sequence[str]) -> np.ndarray:
+        total = np.zeros(block.shape[1:], dtype=np.float32)
+        for name in channels:
+            total += normalize_channel(block[names.index(name)], low[name], high[name])
+        return total / np.float32(len(channels))
+
+    return mean_of(nuclear), (mean_of(membrane) if membrane else None)
+
+
+def _otsu(counts: np.ndarray) -> float:
+    if np.count_nonzero(counts) < 2:
+        return 0.5
+    edges = np.linspace(0.0, 1.0, DERIVED_BINS + 1)
+    centres = (edges[:-1] + edges[1:]) / 2
+    return float(threshold_otsu(hist=(counts, centres)))
+
+
+def compute_slide_stats(
+    level: da.Array,
+    names: Sequence[str],
+    nuclear: Sequence[str],
+    membrane: Sequence[str],
+    *,
+    low_percentile: float = 1.0,
+    high_percentile: float = 99.5,
+    level_index: int = 0,
+) -> SlideStats:
+    """Slide-wide statistics of the panel channels on one pyramid level.
+
+    Three distributed passes over the panel channels: extremes, histograms
+    (percentiles), and histograms of the derived inputs (Otsu thresholds).
+
+    Parameters
+    ----------
+    level : dask array, shape (C, Y, X)
+        One pyramid level of the slide.
+    names : sequence of str
+        Channel names of ``level``.
+    nuclear, membrane : sequence of str
+        Panel channels.
+    low_percentile, high_percentile : float
+        Percentiles (0-100) mapped to 0 and 1.
+
+    Returns
+    -------
+    SlideStats
+    """
+    used = list(dict.fromkeys([*nuclear, *membrane]))
+    panel = level[[list(names).index(n) for n in used]].rechunk({0: -1})
+    bounds = channel_percentiles(panel, (low_percentile, high_percentile))
+    low = {name: bounds[i][0] for i, name in enumerate(used)}
+    high = {name: bounds[i][1] for i, name in enumerate(used)}
+
+    def derived(block: np.ndarray) -> np.ndarray:
+        nuclear_image, membrane_image = build_inputs(block, used, nuclear, membrane, low, high)
+        if membrane_image is None:
+            membrane_image = np.zeros_like(nuclear_image)
+        return np.stack([nuclear_image, membrane_image])
+
+    inputs = panel.map_blocks(derived, chunks=(2, *panel.chunks[1:]), dtype=np.float32)
+    counts = _histograms(inputs, np.zeros(2), np.full(2, 1.0 / DERIVED_BINS), DERIVED_BINS)
+    return SlideStats(
+        low=low,
+        high=high,
+        nuclear_threshold=_otsu(counts[0]),
+        membrane_threshold=_otsu(counts[1]) if membrane else 0.5,
+        level=level_index,
+    )

@@ -1,0 +1,347 @@
+"""Mesmer (DeepCell's MultiplexSegmentation model) as a segmentation backend.
+
+Two routes, chosen by the option ``use_deepcell_package`` ("auto", true, false):
+
+* **Own route** (Python >= 3.11, ``pip install 'tiled-seg[mesmer]'``:
+  TensorFlow + tf-keras). The SavedModel is loaded with
+  ``tf_keras.models.load_model`` from a local folder: option ``model_path``,
+  else ``$TILED_SEG_MESMER_MODEL``, else DeepCell's cache
+  ``~/.deepcell/models/MultiplexSegmentation`` (a ``MultiplexSegmentation-9.tar.gz``
+  lying there is extracted first). Pre- and post-processing follow the paper's
+  Methods (:mod:`tiled_seg.segmenters._mesmer_processing`): the tile
+  (nuclear, membrane) is rescaled from the slide's pixel size
+  (``context.pixel_size_um``, Mesmer's ``image_mpp``) to the model's
+  0.5 um/px, normalised, run in the model's 256 x 256 windows overlapping by
+  ``2 * margin_px`` (each pixel from the nearest window centre), turned into
+  instances by an inner-distance-seeded marker watershed inside the
+  thresholded interior (peaks >= ``maxima_threshold``, interior >
+  ``interior_threshold``, objects under ``min_object_px`` removed, holes filled)
+  and resized back to the tile's shape by nearest neighbour.
+* **DeepCell route** (Python 3.10 with ``deepcell`` installed):
+  ``deepcell.applications.Mesmer(model).predict(...)`` with the same model and
+  thresholds. Without a local model DeepCell downloads one itself, which needs
+  a ``DEEPCELL_ACCESS_TOKEN`` (from users.deepcell.org).
+
+Weights: DeepCell's model ``MultiplexSegmentation-9.tar.gz`` is fetched with
+an access token from users.deepcell.org; unpack it and point ``model_path``
+(or ``$TILED_SEG_MESMER_MODEL``) at the ``MultiplexSegmentation`` folder.
+
+Normalisation and seams: Mesmer clips each image at its own 99.9th
+percentile and equalises it with CLAHE; both are per-input operations. The
+tile input here is already clipped with slide-wide percentiles, so by default
+(``percentile=None``) the per-tile clip is skipped; set ``percentile=99.9`` to
+follow the paper to the letter. CLAHE (``clahe=True``) has no slide-wide
+equivalent and stays on by default because the network was trained on
+equalised images: its per-tile contrast can differ slightly across tile
+seams, which the halo and maximum-overlap stitching absorb. The DeepCell
+route always uses DeepCell's own per-image preprocessing.
+"""
+
+from __future__ import annotations
+
+import os
+import tarfile
+import threading
+from pathlib import Path
+from typing import Any, ClassVar, Literal, cast
+
+import numpy as np
+from pydantic import Field
+
+from tiled_seg.errors import BackendError
+from tiled_seg.segmenters import _mesmer_processing as processing
+from tiled_seg.segmenters._instances import (
+    link_nuclei,
+    predict_in_windows,
+    relabel_consecutive,
+    rescale_image,
+    resize_labels,
+)
+from tiled_seg.segmenters.base import BackendOptions, Segmentation, Segmenter, SlideContext
+
+__all__ = ["MesmerOptions", "MesmerSegmenter", "find_model", "load_keras_model", "model_loads"]
+
+ENV_MODEL = "TILED_SEG_MESMER_MODEL"
+MODEL_NAME = "MultiplexSegmentation"
+MODEL_ARCHIVE = "MultiplexSegmentation-9.tar.gz"
+DEEPCELL_CACHE = Path("~/.deepcell/models")
+_loads = 0
+_loads_lock = threading.Lock()
+
+
+class MesmerOptions(BackendOptions):
+    """Options of the ``mesmer`` backend."""
+
+    #: SavedModel folder (or its ``.tar.gz``); None: $TILED_SEG_MESMER_MODEL, then DeepCell's cache.
+    model_path: str | None = None
+    #: "auto": use the ``deepcell`` package when importable; true: require it; false: never.
+    use_deepcell_package: Literal["auto"] | bool = "auto"
+    #: Which labels to produce: cells only, nuclei only (returned as cells too), or both.
+    compartment: Literal["whole-cell", "nuclear", "both"] = "both"
+    #: Pixel size (um/px) the model was trained at.
+    model_mpp: float = Field(0.5, gt=0)
+    #: Per-tile percentile clip; None relies on the slide-wide clip of the input.
+    percentile: float | None = Field(None, gt=0, le=100)
+    #: CLAHE equalisation as in training (per-input; see the module notes).
+    clahe: bool = True
+    #: CLAHE kernel size (px at the model's pixel size).
+    clahe_kernel_px: int = Field(128, gt=0)
+    #: Window side (px) when the model's input size is not fixed.
+    window_px: int = Field(256, gt=0)
+    #: Overlap margin (px at the model's pixel size) per window edge.
+    margin_px: int = Field(32, ge=0)
+    #: Windows per inference call.
+    batch_size: int = Field(4, gt=0)
+    #: Whole-cell peak (h-maxima) threshold of the inner distance.
+    maxima_threshold: float = Field(0.1, ge=0)
+    #: Whole-cell interior probability threshold.
+    interior_threshold: float = Field(0.3, ge=0, lt=1)
+    #: Nuclear peak threshold.
+    nuclear_maxima_threshold: float = Field(0.1, ge=0)
+    #: Nuclear interior threshold.
+    nuclear_interior_threshold: float = Field(0.3, ge=0, lt=1)
+    #: Gaussian sigma (px, model resolution) applied to the interior map.
+    interior_smooth_px: float = Field(2.0, ge=0)
+    #: Gaussian sigma (px, model resolution) applied to the inner distance.
+    maxima_smooth_px: float = Field(0.0, ge=0)
+    #: Disk radius (px, model resolution) merging nearby peaks.
+    radius_px: int = Field(2, ge=1)
+    #: Objects smaller than this (px at the model's pixel size) are removed.
+    min_object_px: int = Field(15, ge=0)
+    #: Holes smaller than this (px at the model's pixel size) are filled.
+    max_hole_px: int = Field(15, ge=0)
+    #: Largest cell diameter (um); sets the pipeline's automatic halo.
+    max_cell_diameter_um: float = Field(30.0, gt=0)
+
+
+def find_model(model_path: str | None = None) -> Path:
+    """Locate Mesmer's SavedModel folder.
+
+    Looks at ``model_path``, then ``$TILED_SEG_MESMER_MODEL``, then DeepCell's
+    cache ``~/.deepcell/models/MultiplexSegmentation``; a ``.tar.gz`` found
+    instead of a folder is extracted next to itself.
+
+    Raises
+    ------
+    BackendError
+        Nothing found; the message lists where it looked and how to get it.
+    """
+    given = model_path or os.environ.get(ENV_MODEL)
+    cache = DEEPCELL_CACHE.expanduser()
+    candidates = (
+        [Path(given).expanduser()] if given else [cache / MODEL_NAME, cache / MODEL_ARCHIVE]
+    )
+    for candidate in candidates:
+        if candidate.is_dir() and (candidate / "saved_model.pb").is_file():
+            return candidate
+        if candidate.is_file() and candidate.name.endswith((".tar.gz", ".tgz")):
+            return _extract(candidate)
+        if candidate.is_dir() and (candidate / MODEL_NAME / "saved_model.pb").is_file():
+            return candidate / MODEL_NAME
+    raise BackendError(
+        "no Mesmer model found (looked at "
+        + ", ".join(str(c) for c in candidates)
+        + "). Get DeepCell's MultiplexSegmentation model: with a DeepCell access token "
+        "(users.deepcell.org) set DEEPCELL_ACCESS_TOKEN and let deepcell download it, or "
+        f"download {MODEL_ARCHIVE} from users.deepcell.org and unpack it; then set the "
+        f"backend option `model_path` or ${ENV_MODEL} to the {MODEL_NAME} folder."
+    )
+
+
+def _extract(archive: Path) -> Path:
+    target = archive.parent
+    with tarfile.open(archive) as tar:
+        tar.extractall(target, filter="data")
+    for folder in (target / MODEL_NAME, target):
+        if (folder / "saved_model.pb").is_file():
+            return folder
+    raise BackendError(f"{archive} holds no SavedModel ({MODEL_NAME}/saved_model.pb).")
+
+
+def load_keras_model(path: Path) -> Any:
+    """Load a legacy Keras SavedModel with tf-keras (TensorFlow >= 2.16)."""
+    global _loads
+    try:
+        import tensorflow as tf
+        import tf_keras
+    except ImportError as error:
+        raise BackendError(
+            f"the mesmer backend needs TensorFlow and tf-keras ({error.name} is missing); "
+            "install them with `pip install 'tiled-seg[mesmer]'`."
+        ) from error
+    for gpu in tf.config.list_physical_devices("GPU"):
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError:
+            pass  # already initialised: memory growth can only be set before first use
+    model = tf_keras.models.load_model(str(path), compile=False)
+    with _loads_lock:
+        _loads += 1
+    return model
+
+
+def model_loads() -> int:
+    """How many Mesmer models this process has loaded (for tests)."""
+    return _loads
+
+
+def _deepcell_available() -> bool:
+    try:
+        import deepcell.applications  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class MesmerSegmenter(Segmenter):
+    """Whole cells and nuclei from DeepCell's Mesmer model."""
+
+    name: ClassVar[str] = "mesmer"
+    Options: ClassVar[type[BackendOptions]] = MesmerOptions
+    uses_gpu: ClassVar[bool] = True
+
+    def __init__(self, options: BackendOptions | dict[str, Any] | None = None) -> None:
+        super().__init__(options)
+        self._model: Any = None
+        self._app: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def _options(self) -> MesmerOptions:
+        return cast(MesmerOptions, self.options)
+
+    def _use_deepcell(self) -> bool:
+        choice = self._options.use_deepcell_package
+        if choice is True and not _deepcell_available():
+            raise BackendError(
+                "use_deepcell_package=true but `deepcell` is not importable (it needs "
+                "Python < 3.11); set it to auto or false to use the built-in route."
+            )
+        return choice is True or (choice == "auto" and _deepcell_available())
+
+    def load(self) -> Any:
+        """The Keras model (own route) or DeepCell application, loaded once."""
+        with self._lock:
+            if self._model is None:
+                if self._use_deepcell():
+                    from deepcell.applications import Mesmer
+
+                    model = None
+                    if self._options.model_path or os.environ.get(ENV_MODEL) or (
+                        DEEPCELL_CACHE.expanduser() / MODEL_NAME
+                    ).is_dir():
+                        model = load_keras_model(find_model(self._options.model_path))
+                    elif not os.environ.get("DEEPCELL_ACCESS_TOKEN"):
+                        find_model(None)  # raises with the full explanation
+                    self._app = Mesmer(model=model)
+                    self._model = self._app.model
+                else:
+                    self._model = load_keras_model(find_model(self._options.model_path))
+        return self._model
+
+    def predict_maps(self, image: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Network maps of a preprocessed ``(Y, X, 2)`` image at the model's pixel size.
+
+        Returns ``{compartment: (inner_distance, interior)}``, each ``(Y, X)``.
+        """
+        model = self.load()
+        names = [str(n) for n in getattr(model, "output_names", [])] or None
+        shape = getattr(model, "input_shape", (None, None, None, 2))
+        window = int(shape[1]) if shape[1] else self._options.window_px
+        margin = min(self._options.margin_px, (window - 1) // 2)
+
+        def predict(batch: np.ndarray) -> list[np.ndarray]:
+            outputs = model(batch, training=False)
+            if isinstance(outputs, dict):
+                keys = list(outputs)
+                outputs = [outputs[k] for k in keys]
+            else:
+                keys = names
+                outputs = list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+            maps = processing.split_outputs([np.asarray(o) for o in outputs], keys)
+            return [m[..., None] for pair in maps.values() for m in pair]
+
+        cell_d, cell_i, nuc_d, nuc_i = predict_in_windows(
+            image, predict, window, margin, self._options.batch_size
+        )
+        return {"whole-cell": (cell_d[..., 0], cell_i[..., 0]), "nuclear": (nuc_d[..., 0], nuc_i[..., 0])}
+
+    def postprocess(
+        self, maps: dict[str, tuple[np.ndarray, np.ndarray]], shape: tuple[int, int]
+    ) -> Segmentation:
+        """Instances from the network maps, resized to the tile's ``shape``."""
+        o = self._options
+        wanted = ["whole-cell", "nuclear"] if o.compartment == "both" else [o.compartment]
+        labels: dict[str, np.ndarray] = {}
+        for compartment in wanted:
+            distance, interior = maps[compartment]
+            nuclear = compartment == "nuclear"
+            found = processing.deep_watershed(
+                distance,
+                interior,
+                maxima_threshold=o.nuclear_maxima_threshold if nuclear else o.maxima_threshold,
+                interior_threshold=o.nuclear_interior_threshold if nuclear else o.interior_threshold,
+                maxima_smooth_px=o.maxima_smooth_px,
+                interior_smooth_px=o.interior_smooth_px,
+                radius_px=o.radius_px,
+                min_object_px=o.min_object_px,
+                max_hole_px=o.max_hole_px,
+            )
+            labels[compartment] = relabel_consecutive(resize_labels(found, shape))
+        return self._assemble(labels)
+
+    def _assemble(self, labels: dict[str, np.ndarray]) -> Segmentation:
+        if "whole-cell" not in labels:
+            return Segmentation(cells=labels["nuclear"], nuclei=labels["nuclear"])
+        cells = labels["whole-cell"]
+        if "nuclear" not in labels:
+            return Segmentation(cells=cells, nuclei=None)
+        return Segmentation(cells=cells, nuclei=link_nuclei(cells, labels["nuclear"]))
+
+    def segment(
+        self,
+        nuclear: np.ndarray,
+        membrane: np.ndarray | None,
+        context: SlideContext,
+    ) -> Segmentation:
+        """Segment one tile; see :class:`Segmenter` and the module notes."""
+        o = self._options
+        if membrane is None:
+            membrane = np.zeros_like(nuclear)
+        image = np.stack([nuclear, membrane], axis=-1).astype(np.float32)
+        self.load()
+        if self._app is not None:
+            return self._segment_deepcell(image, context)
+        resized = rescale_image(image, context.pixel_size_um / o.model_mpp)
+        prepared = processing.preprocess(resized, o.percentile, o.clahe, o.clahe_kernel_px)
+        return self.postprocess(self.predict_maps(prepared), nuclear.shape)
+
+    def _segment_deepcell(self, image: np.ndarray, context: SlideContext) -> Segmentation:
+        o = self._options
+        kwargs = {
+            "maxima_smooth": o.maxima_smooth_px,
+            "interior_smooth": o.interior_smooth_px,
+            "radius": o.radius_px,
+            "small_objects_threshold": o.min_object_px,
+            "fill_holes_threshold": o.max_hole_px,
+        }
+        result = self._app.predict(
+            image[None],
+            image_mpp=context.pixel_size_um,
+            compartment=o.compartment,
+            batch_size=o.batch_size,
+            postprocess_kwargs_whole_cell={
+                **kwargs,
+                "maxima_threshold": o.maxima_threshold,
+                "interior_threshold": o.interior_threshold,
+            },
+            postprocess_kwargs_nuclear={
+                **kwargs,
+                "maxima_threshold": o.nuclear_maxima_threshold,
+                "interior_threshold": o.nuclear_interior_threshold,
+            },
+        )[0]
+        names = ["whole-cell", "nuclear"] if o.compartment == "both" else [o.compartment]
+        return self._assemble(
+            {n: relabel_consecutive(result[..., i].astype(np.int64)) for i, n in enumerate(names)}
+        )
