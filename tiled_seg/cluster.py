@@ -1,14 +1,200 @@
-"""Where a run's tasks execute: a local cluster or an existing scheduler."""
+"""Where a run's tasks execute: local, local-cuda, SLURM, Kubernetes or a running scheduler.
+
+Every kind ends in one :class:`distributed.Client`. Clusters with GPU
+workers give each worker the resource ``GPU`` (one per GPU), and
+:func:`gpu_resources` tells the pipeline whether to route segmentation tasks
+there; CPU stages run without resources. The optional packages (dask-cuda,
+dask-jobqueue, dask-kubernetes) are imported only when their kind is asked
+for.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
-from typing import Iterator
+import uuid
+from typing import Any, Iterator
 
 from distributed import Client, LocalCluster
 
-__all__ = ["connect"]
+from tiled_seg.config import ClusterConfig, KubernetesConfig, SlurmConfig
+from tiled_seg.errors import BackendError, ConfigError
+
+__all__ = [
+    "KINDS",
+    "connect",
+    "cluster_config",
+    "make_cluster",
+    "slurm_cluster",
+    "kubernetes_spec",
+    "gpu_resources",
+    "count_gpus",
+    "dashboard_link",
+]
+
+#: Cluster kinds ``--cluster`` names; anything else is a scheduler address.
+KINDS = ("local", "local-cuda", "slurm", "kubernetes")
+
+#: Worker resource that marks one GPU.
+GPU = "GPU"
+
+
+def cluster_config(target: str | None, base: ClusterConfig | None = None) -> ClusterConfig:
+    """``base`` (default: a local cluster) with its kind set from ``--cluster TARGET``.
+
+    ``TARGET`` is one of :data:`KINDS` or a scheduler address
+    (``tcp://host:8786``); None keeps ``base``.
+    """
+    base = base or ClusterConfig()
+    if not target:
+        return base
+    if target in KINDS:
+        return base.model_copy(update={"kind": target})
+    if "://" not in target and ":" not in target:
+        raise ConfigError(
+            f"--cluster {target!r} is neither a kind ({', '.join(KINDS)}) nor a scheduler "
+            "address such as tcp://host:8786."
+        )
+    return base.model_copy(update={"kind": "address", "address": target})
+
+
+def _optional(module: str, kind: str, extra: str) -> Any:
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        raise BackendError(
+            f"--cluster {kind} needs {module.split('.')[0].replace('_', '-')} ({error}); "
+            f"install it with pip install 'tiled-seg[{extra}]' or use --cluster local."
+        ) from None
+
+
+def count_gpus() -> int:
+    """NVIDIA GPUs visible to this process (0 when there is no driver)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
+    try:
+        import pynvml
+    except ImportError:
+        return len([d for d in os.listdir("/dev") if d.startswith("nvidia") and d[6:].isdigit()])
+    try:
+        pynvml.nvmlInit()
+        return int(pynvml.nvmlDeviceGetCount())
+    except pynvml.NVMLError:
+        return 0
+
+
+def _local_cuda(config: ClusterConfig) -> Any:
+    if count_gpus() == 0:
+        raise BackendError(
+            "--cluster local-cuda found no GPU on this machine (no NVIDIA device or driver); "
+            "use --cluster local to run on the CPU."
+        )
+    dask_cuda = _optional("dask_cuda", "local-cuda", "cuda")
+    kwargs: dict[str, Any] = {
+        "threads_per_worker": config.threads_per_worker,
+        "memory_limit": config.memory_limit,
+        "resources": {GPU: 1},
+    }
+    if config.workers:
+        kwargs["n_workers"] = config.workers
+    return dask_cuda.LocalCUDACluster(**kwargs)
+
+
+def slurm_cluster(config: SlurmConfig) -> Any:
+    """A dask-jobqueue ``SLURMCluster`` (no job submitted until it scales).
+
+    Its ``job_script()`` shows the batch script each job runs.
+    """
+    jobqueue = _optional("dask_jobqueue", "slurm", "cluster")
+    directives = list(config.job_extra_directives)
+    worker_args: list[str] = []
+    processes = config.processes
+    if config.gpus_per_job:
+        directives.append(f"--gres=gpu:{config.gpus_per_job}")
+        processes = config.gpus_per_job
+        worker_args += ["--resources", f"{GPU}=1"]
+    if config.cores < processes:
+        raise ConfigError(
+            f"cluster.slurm.cores ({config.cores}) is less than the {processes} worker "
+            "processes per job; raise cores or lower processes/gpus_per_job."
+        )
+    return jobqueue.SLURMCluster(
+        queue=config.queue,
+        account=config.account,
+        walltime=config.walltime,
+        cores=config.cores,
+        processes=processes,
+        memory=config.memory,
+        job_extra_directives=directives,
+        job_script_prologue=list(config.job_script_prologue),
+        worker_extra_args=worker_args,
+        scheduler_options={"dashboard_address": ":8787"},
+    )
+
+
+def kubernetes_spec(config: KubernetesConfig, name: str = "tiled-seg") -> dict[str, Any]:
+    """The ``DaskCluster`` resource (dask-kubernetes operator) for ``config``.
+
+    Workers get CPU and memory requests and limits, plus an
+    ``nvidia.com/gpu`` limit and the worker resource ``GPU`` when
+    ``gpus_per_worker`` > 0; the scheduler gets CPU and memory only.
+    """
+    operator = _optional("dask_kubernetes.operator", "kubernetes", "cluster")
+    compute = {"cpu": config.cpu, "memory": config.memory}
+    command = ["dask-worker", "--nthreads", "1"]
+    worker_limits: dict[str, Any] = dict(compute)
+    if config.gpus_per_worker:
+        worker_limits["nvidia.com/gpu"] = str(config.gpus_per_worker)
+        command += ["--resources", f"{GPU}={config.gpus_per_worker}"]
+    spec = operator.make_cluster_spec(
+        name=name,
+        image=config.image,
+        n_workers=config.n_workers,
+        resources={"requests": dict(compute), "limits": dict(compute)},
+        env=dict(config.env),
+        worker_command=command,
+    )
+    spec["spec"]["worker"]["spec"]["containers"][0]["resources"] = {
+        "requests": dict(compute),
+        "limits": worker_limits,
+    }
+    return spec
+
+
+def _kubernetes(config: KubernetesConfig) -> Any:
+    operator = _optional("dask_kubernetes.operator", "kubernetes", "cluster")
+    spec = kubernetes_spec(config, name=f"tiled-seg-{uuid.uuid4().hex[:8]}")
+    cluster = operator.KubeCluster(custom_cluster_spec=spec, namespace=config.namespace)
+    if config.adaptive:
+        cluster.adapt(minimum=config.minimum_workers, maximum=config.maximum_workers)
+    return cluster
+
+
+def make_cluster(config: ClusterConfig) -> Any:
+    """Start the cluster ``config`` describes (not for kind ``address``)."""
+    if config.kind == "local":
+        return LocalCluster(
+            n_workers=config.workers or os.cpu_count() or 1,
+            threads_per_worker=config.threads_per_worker,
+            processes=True,
+            memory_limit=config.memory_limit,
+            dashboard_address=":0",
+        )
+    if config.kind == "local-cuda":
+        return _local_cuda(config)
+    if config.kind == "slurm":
+        cluster = slurm_cluster(config.slurm)
+        if config.slurm.adaptive:
+            cluster.adapt(minimum_jobs=config.slurm.minimum_jobs,
+                          maximum_jobs=config.slurm.maximum_jobs)
+        else:
+            cluster.scale(jobs=config.slurm.jobs)
+        return cluster
+    if config.kind == "kubernetes":
+        return _kubernetes(config.kubernetes)
+    raise ConfigError(f"cluster kind {config.kind!r} has no cluster to start; give an address.")
 
 
 @contextlib.contextmanager
@@ -18,31 +204,58 @@ def connect(
     workers: int | None = None,
     threads_per_worker: int = 1,
     memory_limit: str = "auto",
+    config: ClusterConfig | None = None,
 ) -> Iterator[Client]:
-    """A dask client for the run, closed (with its local cluster) on exit.
+    """A dask client for the run, closed (with any cluster it started) on exit.
 
     Parameters
     ----------
     scheduler : str, optional
-        Address of a running scheduler (``tcp://host:8786``); None starts a
-        ``LocalCluster`` of worker processes.
+        A kind from :data:`KINDS` or the address of a running scheduler
+        (``tcp://host:8786``); default ``config.kind`` (``local``).
     workers : int, optional
-        Local worker processes; default one per core.
+        Local worker processes; default one per core (per GPU for local-cuda).
     threads_per_worker : int
         Threads per local worker; segmenters are CPU-bound, so 1.
     memory_limit : str
         Per-worker memory limit of a local cluster.
+    config : ClusterConfig, optional
+        The run configuration's ``cluster`` section; the keywords above
+        override its local settings when given.
     """
-    if scheduler:
-        with Client(scheduler) as client:
+    base = config or ClusterConfig(threads_per_worker=threads_per_worker,
+                                   memory_limit=memory_limit)
+    if workers is not None:
+        base = base.model_copy(update={"workers": workers})
+    chosen = cluster_config(scheduler, base)
+    if chosen.kind == "address":
+        with Client(chosen.address) as client:
             yield client
         return
-    n_workers = workers or os.cpu_count() or 1
-    with LocalCluster(
-        n_workers=n_workers,
-        threads_per_worker=threads_per_worker,
-        processes=True,
-        memory_limit=memory_limit,
-        dashboard_address=None,
-    ) as cluster, Client(cluster) as client:
+    with make_cluster(chosen) as cluster, Client(cluster) as client:
         yield client
+
+
+def dashboard_link(client: Client) -> str | None:
+    """The scheduler's dashboard URL, or None when it serves none (no bokeh)."""
+    services = client.scheduler_info().get("services", {})
+    return client.dashboard_link if "dashboard" in services else None
+
+
+def _worker_resources(client: Client) -> list[dict[str, float]]:
+    workers = client.scheduler_info().get("workers", {})
+    return [dict(info.get("resources") or {}) for info in workers.values()]
+
+
+def gpu_resources(client: Client, backend_uses_gpu: bool) -> dict[str, float] | None:
+    """Task resources for segmentation: ``{"GPU": 1}`` or None.
+
+    GPU routing applies only when the backend runs on a GPU and at least one
+    worker of ``client`` advertises the ``GPU`` resource; otherwise tasks go
+    to any worker (a GPU backend then runs wherever it can).
+    """
+    if not backend_uses_gpu:
+        return None
+    if any(res.get(GPU, 0) >= 1 for res in _worker_resources(client)):
+        return {GPU: 1}
+    return None

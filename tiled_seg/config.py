@@ -7,6 +7,7 @@ pixels (``_px``) as their names say.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,6 +22,9 @@ __all__ = [
     "NormalizationConfig",
     "TilingConfig",
     "OutputConfig",
+    "SlurmConfig",
+    "KubernetesConfig",
+    "ClusterConfig",
     "RunConfig",
     "load_config",
 ]
@@ -28,6 +32,21 @@ __all__ = [
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+#: A plain name: letters, digits, ``_``, ``-`` and ``.``, not starting with a dot.
+#: Names from configs become store paths and registry keys, so nothing that
+#: could leave the output store (``/``, ``..``) or name a Python object.
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+
+def _plain_name(value: str, what: str) -> str:
+    if not _PLAIN_NAME.fullmatch(value):
+        raise ValueError(
+            f"{what} {value!r} must be a plain name (letters, digits, '_', '-', '.'; "
+            "no '/', no leading '.')"
+        )
+    return value
 
 
 class PanelConfig(_Section):
@@ -53,6 +72,17 @@ class BackendConfig(_Section):
     name: str = "watershed"
     options: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("name")
+    @classmethod
+    def _registered_name(cls, value: str) -> str:
+        # Backends come from the registry by name, never from a module path.
+        if ":" in value or not _PLAIN_NAME.fullmatch(value) or "." in value:
+            raise ValueError(
+                f"backend {value!r} must be the name of a registered backend (e.g. watershed), "
+                "not a module or object path"
+            )
+        return value
+
 
 class NormalizationConfig(_Section):
     """Slide-wide per-channel intensity normalisation."""
@@ -62,7 +92,7 @@ class NormalizationConfig(_Section):
     #: Pyramid level used for statistics; "auto" takes the coarsest level that
     #: still has ``min_stats_pixels`` pixels.
     level: int | Literal["auto"] = "auto"
-    min_stats_pixels: int = Field(4_000_000, gt=0)
+    min_stats_pixels: int = Field(1_000_000, gt=0)
 
 
 class TilingConfig(_Section):
@@ -82,6 +112,80 @@ class OutputConfig(_Section):
     nuclei: str = "nuclei"
     table: str = "cells"
 
+    @field_validator("cells", "nuclei", "table")
+    @classmethod
+    def _inside_store(cls, value: str) -> str:
+        return _plain_name(value, "output name")
+
+
+class SlurmConfig(_Section):
+    """SLURM jobs of dask workers (dask-jobqueue ``SLURMCluster``).
+
+    Each job starts ``processes`` worker processes sharing ``cores`` and
+    ``memory``; with ``gpus_per_job`` > 0 it asks for ``--gres=gpu:N``, starts
+    one worker per GPU and gives each the resource ``GPU=1``.
+    """
+
+    queue: str | None = None
+    account: str | None = None
+    walltime: str = "01:00:00"
+    cores: int = Field(4, gt=0)
+    processes: int = Field(1, gt=0)
+    memory: str = "16GB"
+    gpus_per_job: int = Field(0, ge=0)
+    job_extra_directives: tuple[str, ...] = ()
+    #: Shell lines run in the job before the worker starts (modules, venv).
+    job_script_prologue: tuple[str, ...] = ()
+    #: Scale between minimum_jobs and maximum_jobs with the work; false: ``jobs``.
+    adaptive: bool = True
+    minimum_jobs: int = Field(0, ge=0)
+    maximum_jobs: int = Field(4, gt=0)
+    jobs: int = Field(1, gt=0)
+
+
+class KubernetesConfig(_Section):
+    """A ``DaskCluster`` of the dask-kubernetes operator.
+
+    ``gpus_per_worker`` > 0 adds an ``nvidia.com/gpu`` limit to every worker
+    pod and gives each worker the resource ``GPU=1`` per GPU.
+    """
+
+    image: str = "ghcr.io/tiled-seg/tiled-seg:0.1.0"
+    namespace: str | None = None
+    n_workers: int = Field(2, ge=0)
+    cpu: str = "2"
+    memory: str = "8Gi"
+    gpus_per_worker: int = Field(0, ge=0)
+    #: Environment of scheduler and workers (e.g. AWS_ENDPOINT_URL for the data).
+    env: dict[str, str] = Field(default_factory=dict)
+    adaptive: bool = False
+    minimum_workers: int = Field(0, ge=0)
+    maximum_workers: int = Field(8, gt=0)
+
+
+class ClusterConfig(_Section):
+    """Where the tasks of a run execute (``--cluster`` overrides ``kind``).
+
+    ``local``: worker processes on this machine; ``local-cuda``: one worker
+    per GPU (dask-cuda); ``slurm`` and ``kubernetes``: the sections below;
+    ``address``: a running scheduler at ``address``.
+    """
+
+    kind: Literal["local", "local-cuda", "slurm", "kubernetes", "address"] = "local"
+    address: str | None = None
+    #: Local worker processes; null: one per core (local) or per GPU (local-cuda).
+    workers: int | None = Field(None, gt=0)
+    threads_per_worker: int = Field(1, gt=0)
+    memory_limit: str = "auto"
+    slurm: SlurmConfig = SlurmConfig()
+    kubernetes: KubernetesConfig = KubernetesConfig()
+
+    @model_validator(mode="after")
+    def _address_given(self) -> "ClusterConfig":
+        if self.kind == "address" and not self.address:
+            raise ValueError("cluster.kind address needs cluster.address (e.g. tcp://host:8786)")
+        return self
+
 
 class RunConfig(_Section):
     """Everything a run needs besides the slide."""
@@ -99,6 +203,8 @@ class RunConfig(_Section):
     measure: bool = True
     #: Largest centroid distance (um) of the neighbour graph in the tables.
     neighbour_distance_um: float = Field(20.0, gt=0)
+    #: Where tasks run; does not change the results.
+    cluster: ClusterConfig = ClusterConfig()
 
     @model_validator(mode="after")
     def _expansion_needs_nuclei(self) -> "RunConfig":

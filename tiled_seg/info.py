@@ -12,7 +12,9 @@ from typing import Any
 
 import zarr
 
-from tiled_seg.io.ngff import _ome_attrs, _open_group, list_labels, open_slide
+from tiled_seg._manifest import count_records, scratch_path
+from tiled_seg.errors import NotNGFFError
+from tiled_seg.io.ngff import Slide, _ome_attrs, _open_group, list_labels, open_slide
 
 __all__ = ["StoreInfo", "LabelInfo", "describe", "RUN_STATE_KEY"]
 
@@ -41,7 +43,8 @@ class StoreInfo:
     path : str
         The image group that was described.
     shape : tuple of int
-        Full-resolution ``(C, Y, X)`` shape (px).
+        Full-resolution ``(C, Y, X)`` shape (px); empty for a separate
+        output store, which holds labels and tables but no image.
     dtype : str
         Pixel dtype.
     channel_names : tuple of str
@@ -55,6 +58,8 @@ class StoreInfo:
         Names of the entries under ``tables/``.
     run_state : dict or None
         The store's ``tiled_seg`` attribute as written by a run, if any.
+    tiles_recorded : tuple of int or None
+        ``(recorded, total)`` tiles of an incomplete run's scratch manifest.
     """
 
     path: str
@@ -67,6 +72,7 @@ class StoreInfo:
     labels: tuple[LabelInfo, ...]
     tables: tuple[str, ...]
     run_state: dict[str, Any] | None
+    tiles_recorded: tuple[int, int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict (tuples become lists)."""
@@ -75,15 +81,18 @@ class StoreInfo:
     def format(self) -> str:
         """Human-readable multi-line description."""
         size = "unknown" if self.pixel_size_um is None else f"{self.pixel_size_um:g} um/px"
-        lines = [
-            f"store:        {self.path}",
-            f"NGFF version: {self.ngff_version}",
-            f"shape (CYX):  {_shape(self.shape)}  {self.dtype}",
-            f"pixel size:   {size}",
-            f"channels ({len(self.channel_names)}): {', '.join(self.channel_names)}",
-            f"pyramid ({len(self.levels)} levels): "
-            + ", ".join(_shape(s) for s in self.levels),
-        ]
+        lines = [f"store:        {self.path}", f"NGFF version: {self.ngff_version}"]
+        if self.shape:
+            lines += [
+                f"shape (CYX):  {_shape(self.shape)}  {self.dtype}",
+                f"pixel size:   {size}",
+                f"channels ({len(self.channel_names)}): {', '.join(self.channel_names)}",
+                f"pyramid ({len(self.levels)} levels): "
+                + ", ".join(_shape(s) for s in self.levels),
+            ]
+        else:
+            source = (self.run_state or {}).get("source", "unknown")
+            lines.append(f"image:        none (output store of {source})")
         if self.labels:
             lines.append(f"labels ({len(self.labels)}):")
             lines += [
@@ -97,6 +106,13 @@ class StoreInfo:
             lines.append("run state:    none")
         else:
             lines.append("run state:")
+            if self.run_state.get("status") == "running":
+                lines.append(
+                    "  INCOMPLETE (run interrupted, or still running; labels here are not a "
+                    "result; rerun with --resume)"
+                )
+            if self.tiles_recorded is not None:
+                lines.append(f"  tiles recorded: {self.tiles_recorded[0]} of {self.tiles_recorded[1]}")
             lines += [f"  {key}: {value}" for key, value in self.run_state.items()]
         return "\n".join(lines)
 
@@ -121,31 +137,51 @@ def describe(store: str | Path) -> StoreInfo:
     ------
     InputNotFoundError, NotNGFFError, AxesError, ChannelError, PixelSizeError
     """
-    slide = open_slide(store)
-    image = _open_group(slide.path)
-    labels = []
-    for name in list_labels(slide.path):
+    try:
+        slide = open_slide(store)
+    except NotNGFFError:
+        # A separate output store (``run --output``) holds labels and tables, no image.
+        group = _open_group(store)
+        if RUN_STATE_KEY not in group.attrs:
+            raise
+        _, version = _ome_attrs(group)
+        return _info(str(store), group, version, None)
+    return _info(str(store), _open_group(slide.path), slide.ngff_version, slide)
+
+
+def _label_info(image: zarr.Group, name: str) -> LabelInfo:
+    try:
         group = image[f"labels/{name}"]
         attrs, _ = _ome_attrs(group)
-        datasets = attrs["multiscales"][0]["datasets"]
-        arrays = [group[d["path"]] for d in datasets]
-        labels.append(LabelInfo(
-            name=name,
-            dtype=str(arrays[0].dtype),
-            levels=tuple(tuple(int(n) for n in a.shape) for a in arrays),
-        ))
-    run_state = _open_group(store).attrs.get(RUN_STATE_KEY, image.attrs.get(RUN_STATE_KEY))
+        arrays = [group[d["path"]] for d in attrs["multiscales"][0]["datasets"]]
+    except (KeyError, IndexError):
+        # Metadata not yet written: a run was interrupted while writing it.
+        return LabelInfo(name=name, dtype="incomplete", levels=())
+    return LabelInfo(
+        name=name,
+        dtype=str(arrays[0].dtype),
+        levels=tuple(tuple(int(n) for n in a.shape) for a in arrays),
+    )
+
+
+def _info(store: str, image: zarr.Group, version: str, slide: Slide | None) -> StoreInfo:
+    path = store if slide is None else slide.path
+    run_state = _run_state(_open_group(store).attrs.get(RUN_STATE_KEY, image.attrs.get(RUN_STATE_KEY)))
+    tiles_recorded = None
+    if run_state is not None and run_state.get("status") == "running":
+        tiles_recorded = count_records(scratch_path(store))
     return StoreInfo(
-        path=slide.path,
-        shape=tuple(int(n) for n in slide.data.shape),
-        dtype=str(slide.data.dtype),
-        channel_names=slide.channel_names,
-        pixel_size_um=slide.pixel_size_um,
-        ngff_version=slide.ngff_version,
-        levels=tuple(tuple(int(n) for n in level.shape) for level in slide.levels),
-        labels=tuple(labels),
-        tables=_tables(image, slide.path),
-        run_state=_run_state(run_state),
+        path=path,
+        shape=() if slide is None else tuple(int(n) for n in slide.data.shape),
+        dtype="" if slide is None else str(slide.data.dtype),
+        channel_names=() if slide is None else slide.channel_names,
+        pixel_size_um=None if slide is None else slide.pixel_size_um,
+        ngff_version=version,
+        levels=() if slide is None else tuple(tuple(int(n) for n in lv.shape) for lv in slide.levels),
+        labels=tuple(_label_info(image, name) for name in list_labels(path)),
+        tables=_tables(image, path),
+        run_state=run_state,
+        tiles_recorded=tiles_recorded,
     )
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as _dt
 import functools
 import math
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ from tiled_seg._manifest import (
     record_tile,
     scratch_path,
 )
+from tiled_seg.cluster import connect, gpu_resources
 from tiled_seg.config import RunConfig
 from tiled_seg.errors import (
     BackendError,
@@ -43,6 +43,7 @@ from tiled_seg.errors import (
     TileLayoutError,
 )
 from tiled_seg.expand import expand_store
+from tiled_seg.io._fs import exists, remove_tree, same_location
 from tiled_seg.io.ngff import Slide, find_unreadable_block, list_labels, open_slide, write_labels
 from tiled_seg.measure import measure_store
 from tiled_seg.normalize import SlideStats, build_inputs, choose_stats_level, compute_slide_stats
@@ -153,7 +154,7 @@ def _read_extended(job: TileJob, tile: Tile) -> np.ndarray:
     index = [slide.channel_index(name) for name in job.channels]
     window = slide.data[index][(slice(None), *tile.halo.slices)]
     try:
-        return np.asarray(window.compute(scheduler="synchronous"))
+        return slide.read_region(index, *tile.halo.slices)
     except Exception as error:  # codecs and stores raise many types; diagnose, else re-raise
         where = f"{slide.path} (full resolution, tile {tile.index}, box {tile.halo})"
         damaged = _damaged_chunk(window, job.channels, (tile.halo.y0, tile.halo.x0), where, error)
@@ -291,7 +292,7 @@ def _start_status(store: str, status: dict[str, Any]) -> None:
 
 def _run_state(store: str) -> dict[str, Any]:
     """The ``tiled_seg`` record of ``store``; empty when it has none or does not exist."""
-    if "://" not in store and not Path(store).exists():
+    if not exists(store):
         return {}
     return dict(zarr.open_group(store, mode="r").attrs.get("tiled_seg", {}))
 
@@ -320,15 +321,14 @@ def _prepare_output(
     resume: bool = False, input_key: str = "",
 ) -> str:
     store = output or slide.path
-    if output and Path(output).resolve() == Path(slide.path).resolve():
+    if output and same_location(output, slide.path):
         store = slide.path
     if resume and _resumable(store, input_key):
         return store
     if store != slide.path:
-        if Path(store).exists() and not overwrite:
+        if exists(store) and not overwrite:
             raise OutputExistsError(f"{store} exists; choose another --output or pass --overwrite.")
-        if Path(store).exists():
-            shutil.rmtree(store)
+        remove_tree(store)
         version = slide.ngff_version
         group = zarr.open_group(store, mode="w", zarr_format=3 if version == "0.5" else 2)
         if version == "0.5":
@@ -389,9 +389,7 @@ def run(
         The output store cannot be written.
     """
     if client is None:
-        from tiled_seg.cluster import connect
-
-        with connect() as local:
+        with connect(config=config.cluster) as local:
             return run(slide_path, config, output=output, client=local,
                        overwrite=overwrite, progress=progress, resume=resume)
     timings: dict[str, float] = {}
@@ -422,7 +420,7 @@ def run(
         version=__version__, slide=slide.path if "://" in slide.path else str(Path(slide.path).resolve()),
         shape=slide.data.shape, dtype=str(slide.data.dtype),
         chunk_yx=slide.chunk_yx, pixel_size_um=slide.pixel_size_um,
-        config=config.model_dump(mode="json"),
+        config=config.model_dump(mode="json", exclude={"cluster"}),
     )
     target = slide.path if output is None else str(output)
     try:
@@ -457,8 +455,7 @@ def run(
     if resume and check_scratch(scratch, scratch_key):
         done = read_records(scratch)
     else:
-        if Path(scratch).exists():
-            shutil.rmtree(scratch)
+        remove_tree(scratch)
         extended = (len(grid.tiles), grid.tile_px[0] + 2 * halo_px, grid.tile_px[1] + 2 * halo_px)
         create_scratch(scratch, scratch_key, extended, len(grid.tiles))
 
@@ -559,7 +556,7 @@ def run(
         "summary": result.to_summary(),
     })
     # Kept until the run is complete, so a run killed in expand or measure resumes after stitching.
-    shutil.rmtree(scratch)
+    remove_tree(scratch)
     return result
 
 
@@ -607,8 +604,9 @@ def _run_tiles(
     done: dict[int, TileResult],
 ) -> list[TileResult]:
     """Segment the tiles not in ``done`` (recorded by an interrupted run)."""
+    resources = gpu_resources(client, get_segmenter_class(job.backend).uses_gpu)
     futures = [
-        client.submit(segment_tile, job, tile, pure=False)
+        client.submit(segment_tile, job, tile, pure=False, resources=resources)
         for tile in grid.tiles if tile.index not in done
     ]
     results = list(done.values())

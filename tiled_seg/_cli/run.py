@@ -9,7 +9,8 @@ import click
 
 from tiled_seg._cli import catch_errors, main
 from tiled_seg._cli._progress import tile_progress
-from tiled_seg.cluster import connect
+from tiled_seg.batch import expand_slides, run_batch
+from tiled_seg.cluster import connect, dashboard_link
 from tiled_seg.config import load_config
 from tiled_seg.pipeline import RunResult, run
 
@@ -34,23 +35,31 @@ def format_result(result: RunResult) -> str:
 
 
 @main.command("run")
-@click.argument("slide", type=click.Path())
+@click.argument("slides", nargs=-1, required=True)
 @click.option("--config", "config_path", type=click.Path(), help="Run configuration (YAML).")
-@click.option("--output", type=click.Path(), help="Separate output store (default: the slide's store).")
+@click.option("--output", help="Separate output store, or with several slides a folder of stores "
+              "(default: each slide's own store). A path or a URL (s3://...).")
 @click.option("--tile-size", type=int, help="Tile core size in px (a multiple of the chunk).")
 @click.option("--halo", help="Halo in um, or 'auto' (the backend's largest cell diameter).")
 @click.option("--backend", help="Segmentation backend (default from the config: watershed).")
 @click.option("--pixel-size-um", type=float, help="Pixel size in um, when the slide does not state it.")
-@click.option("--workers", type=int, help="Local worker processes (default: one per core).")
-@click.option("--scheduler", help="Address of a running dask scheduler instead of a local cluster.")
+@click.option("--workers", type=int, help="Local worker processes (default: one per core or GPU).")
+@click.option("--cluster", "cluster",
+              help="local, local-cuda, slurm, kubernetes, or a scheduler address "
+              "(default from the config's cluster section: local).")
+@click.option("--scheduler", help="Address of a running dask scheduler (same as --cluster ADDRESS).")
 @click.option("--overwrite", is_flag=True, help="Replace existing labels and tables.")
 @click.option("--resume", is_flag=True,
               help="Continue an interrupted run of the same slide and configuration.")
 @click.option("--summary", type=click.Path(), help="Write a JSON run summary here.")
 @catch_errors
-def run_command(slide, config_path, output, tile_size, halo, backend, pixel_size_um,
-                workers, scheduler, overwrite, resume, summary) -> None:
-    """Segment SLIDE (an OME-Zarr image) and write labels/cells and labels/nuclei."""
+def run_command(slides, config_path, output, tile_size, halo, backend, pixel_size_um,
+                workers, cluster, scheduler, overwrite, resume, summary) -> None:
+    """Segment SLIDES (OME-Zarr images: paths, URLs or quoted globs) into labels/cells and labels/nuclei.
+
+    Several slides run in one cluster session; a failed slide is reported and
+    the others go on (exit code 1 when any failed).
+    """
     halo_um = None if halo is None else (halo if halo == "auto" else float(halo))
     config = load_config(config_path).with_overrides(**{
         "tiling.tile_px": tile_size,
@@ -58,10 +67,29 @@ def run_command(slide, config_path, output, tile_size, halo, backend, pixel_size
         "backend.name": backend,
         "pixel_size_um": pixel_size_um,
     })
-    with connect(scheduler, workers=workers) as client, tile_progress() as progress:
-        result = run(slide, config, output=output, client=client,
-                     overwrite=overwrite, progress=progress, resume=resume)
-    click.echo(format_result(result))
+    paths = expand_slides(slides)
+    single = len(paths) == 1 and len(slides) == 1 and not any(c in slides[0] for c in "*?[")
+    with connect(cluster or scheduler, workers=workers, config=config.cluster) as client:
+        link = dashboard_link(client)
+        if link:
+            click.echo(f"dashboard: {link}", err=True)
+        with tile_progress() as progress:
+            if single:
+                result = run(paths[0], config, output=output, client=client,
+                             overwrite=overwrite, progress=progress, resume=resume)
+            else:
+                batch = run_batch(paths, config, output_dir=output, client=client,
+                                  overwrite=overwrite, progress=progress, resume=resume)
+    if single:
+        click.echo(format_result(result))
+        record = result.to_summary()
+    else:
+        for outcome in batch.outcomes:
+            detail = f"{outcome.result.n_cells} cells" if outcome.result else outcome.error
+            click.echo(f"{outcome.status:6s} {outcome.slide}: {detail}")
+        record = batch.to_summary()
     if summary:
-        Path(summary).write_text(json.dumps(result.to_summary(), indent=2))
+        Path(summary).write_text(json.dumps(record, indent=2))
         click.echo(f"summary: {summary}")
+    if not single and batch.failed:
+        raise SystemExit(1)

@@ -8,7 +8,7 @@ tested.
 from __future__ import annotations
 
 import math
-import shutil
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
@@ -25,6 +25,7 @@ from tiled_seg.errors import (
     OutputExistsError,
     PixelSizeError,
 )
+from tiled_seg.io._fs import exists, remove_tree
 
 __all__ = [
     "Slide",
@@ -70,6 +71,9 @@ class Slide:
     pixel_size_um: float | None
     ngff_version: str
     level_factors: tuple[float, ...] = field(default=(1.0,))
+    #: The full-resolution zarr array and its axes, for direct region reads.
+    source: zarr.Array | None = field(default=None, repr=False, compare=False)
+    axes: tuple[str, ...] = ("c", "y", "x")
 
     @property
     def data(self) -> da.Array:
@@ -84,6 +88,25 @@ class Slide:
     def chunk_yx(self) -> tuple[int, int]:
         """Zarr chunk size (px) of the full-resolution level in y and x."""
         return int(self.data.chunksize[1]), int(self.data.chunksize[2])
+
+    def read_region(self, channels: Sequence[int], rows: slice, columns: slice) -> np.ndarray:
+        """Read ``(len(channels), rows, columns)`` at full resolution as numpy.
+
+        Reads the zarr array directly (no dask graph), which is what a tile
+        task needs.
+        """
+        if self.source is None:
+            return np.asarray(self.data[list(channels)][:, rows, columns].compute(scheduler="synchronous"))
+        index: list[Any] = []
+        for axis in self.axes:
+            index.append({"t": 0, "z": 0, "c": list(channels), "y": rows, "x": columns}[axis])
+        if "c" not in self.axes:
+            index = [0 if i is None else i for i in index]
+        block = np.asarray(self.source.oindex[tuple(index)])
+        kept = [a for a in self.axes if a not in ("t", "z")]
+        if "c" not in kept:
+            return block[None]
+        return block.transpose([kept.index(a) for a in ("c", "y", "x")])
 
     def channel_index(self, name: str) -> int:
         """Index of channel ``name``; a :class:`ChannelError` lists the names."""
@@ -246,6 +269,7 @@ def open_slide(path: str | Path, pixel_size_um: float | None = None) -> Slide:
     levels = []
     factors = []
     base_scale: dict[str, float] | None = None
+    source = group[multiscale["datasets"][0]["path"]]
     for dataset in multiscale["datasets"]:
         array = da.from_zarr(group[dataset["path"]])
         if array.ndim != len(axes):
@@ -273,6 +297,13 @@ def open_slide(path: str | Path, pixel_size_um: float | None = None) -> Slide:
     names = [str(c.get("label", "")) for c in channels]
     if len(names) != n_channels or not all(names):
         names = [f"channel_{i}" for i in range(n_channels)]
+        warnings.warn(
+            f"{path} does not name all of its {n_channels} channels; using "
+            f"channel_0..channel_{n_channels - 1}. Name them in the omero metadata "
+            "(or `tiled-seg convert --channel-names`) to use them in a panel.",
+            UserWarning,
+            stacklevel=2,
+        )
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ChannelError(
@@ -286,6 +317,8 @@ def open_slide(path: str | Path, pixel_size_um: float | None = None) -> Slide:
         pixel_size_um=pixel_size_um,
         ngff_version=version,
         level_factors=tuple(factors),
+        source=source,
+        axes=tuple(axes),
     )
 
 
@@ -304,12 +337,12 @@ def pyramid_shapes(shape_yx: tuple[int, int], chunk_px: int) -> list[tuple[int, 
 
 
 def _create_group(path: str, version: NGFFVersion, overwrite: bool) -> zarr.Group:
-    if "://" not in path and Path(path).exists():
+    if exists(path):
         if not overwrite:
             raise OutputExistsError(
                 f"{path} exists; choose another output or pass --overwrite."
             )
-        shutil.rmtree(path)
+        remove_tree(path)
     return zarr.open_group(path, mode="w", zarr_format=3 if version == "0.5" else 2)
 
 

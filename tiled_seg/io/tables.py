@@ -10,7 +10,6 @@ format.
 
 from __future__ import annotations
 
-import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import pandas as pd
 import zarr
 
 from tiled_seg.errors import InputNotFoundError, OutputExistsError
+from tiled_seg.io._fs import exists, is_url, remove_tree
 
 __all__ = [
     "write_parquet",
@@ -31,31 +31,27 @@ __all__ = [
 ]
 
 
-def _check_free(path: Path, overwrite: bool) -> None:
-    if path.exists():
+def _check_free(path: str | Path, overwrite: bool) -> None:
+    if exists(path):
         if not overwrite:
             raise OutputExistsError(f"{path} exists; pass --overwrite to replace it.")
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
+        remove_tree(path)
 
 
 def write_parquet(table: pd.DataFrame, path: str | Path, *, overwrite: bool = False) -> str:
-    """Write ``table`` (one row per cell) to a Parquet file; return its path."""
-    path = Path(path)
+    """Write ``table`` (one row per cell) to a Parquet file (path or URL); return its path."""
     _check_free(path, overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    table.to_parquet(path, index=False)
+    if not is_url(path):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    table.to_parquet(str(path), index=False)
     return str(path)
 
 
 def read_parquet(path: str | Path) -> pd.DataFrame:
-    """Read a table written by :func:`write_parquet`."""
-    path = Path(path)
-    if not path.exists():
+    """Read a table written by :func:`write_parquet` (path or URL)."""
+    if not exists(path):
         raise InputNotFoundError(f"{path} does not exist; run `tiled-seg measure` first.")
-    return pd.read_parquet(path)
+    return pd.read_parquet(str(path))
 
 
 def list_tables(store: str | Path) -> list[str]:

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from tiled_seg.errors import ChannelError, ConfigError, OutputExistsError, PixelSizeError
+from tiled_seg.io._fs import exists, join
 from tiled_seg.io.ngff import list_labels, open_slide, read_labels
 from tiled_seg.io.tables import (
     list_tables,
@@ -199,15 +200,15 @@ def measure_store(
     image = slide.data[index] if index != list(range(len(slide.channel_names))) else slide.data
     cells = read_labels(store, labels)
     nucleus_labels = read_labels(store, nuclei) if nuclei and nuclei in list_labels(store) else None
-    tables_dir = Path(store) / "tables"
+    tables_dir = join(store, "tables")
     planned = {
-        "anndata": tables_dir / table_name,
-        "parquet": tables_dir / f"{table_name}.parquet",
+        "anndata": join(tables_dir, table_name),
+        "parquet": join(tables_dir, f"{table_name}.parquet"),
     }
     if not overwrite:
         for kind in outputs:
-            exists = table_name in list_tables(store) if kind == "anndata" else planned[kind].exists()
-            if exists:
+            taken = table_name in list_tables(store) if kind == "anndata" else exists(planned[kind])
+            if taken:
                 raise OutputExistsError(f"{planned[kind]} exists; pass --overwrite to replace it.")
     table = measure_arrays(cells, image, names, slide.pixel_size_um, nucleus_labels)
     edges = neighbour_edges(cells, table, slide.pixel_size_um, distance_um, connectivity)
@@ -215,7 +216,7 @@ def measure_store(
     if "parquet" in outputs:
         paths["parquet"] = write_parquet(table, planned["parquet"], overwrite=overwrite)
         paths["neighbours"] = write_parquet(
-            edges, tables_dir / f"{table_name}_neighbours.parquet", overwrite=overwrite
+            edges, join(tables_dir, f"{table_name}_neighbours.parquet"), overwrite=overwrite
         )
     adata = None
     if "anndata" in outputs or h5ad is not None:
