@@ -102,21 +102,23 @@ def _store_running(store: Path) -> bool:
 def test_sigkill_then_resume_gives_identical_labels(tmp_path, slide, client, clean, phase):
     store = tmp_path / "out.zarr"
     # Own process group, so the kill takes the CLI and its local cluster's workers at once.
+    log = tmp_path / "run.log"
     where = ["--workers", "1"] if phase == "tiles" else ["--scheduler", client.scheduler.address]
     process = subprocess.Popen(
         [CLI, "run", str(slide.path), "--output", str(store), "--tile-size", str(TILE),
          "--config", str(_no_measure_config(tmp_path)), *where],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=log.open("w"), start_new_session=True,
     )
     ready = _tiles_recorded if phase == "tiles" else _store_running
     deadline = time.monotonic() + 60
     try:
         while not ready(store):
-            assert process.poll() is None, "the run ended before it could be killed"
+            assert process.poll() is None, f"the run ended before the kill: {log.read_text()[-2000:]}"
             assert time.monotonic() < deadline, "the run never reached the phase to kill in"
             time.sleep(0.01)
     finally:
-        os.killpg(process.pid, signal.SIGKILL)
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
         process.wait()
     recorded = read_records(scratch_path(str(store)))
     assert len(recorded) < N_TILES, "the run finished before the kill; the test proves nothing"
@@ -160,7 +162,8 @@ def test_resume_reuses_recorded_tiles_and_refuses_other_configs(
     with pytest.raises(ResumeError, match="different input or configuration"):
         run(slide.path, _config(**{"tiling.min_overlap": 0.6}), output=store, client=client,
             resume=True)
-    assert read_records(scratch_path(str(store))).keys() == recorded.keys()
+    # The refusal keeps the scratch (tiles still running when the client died may add records).
+    assert read_records(scratch_path(str(store))).keys() >= recorded.keys()
     assert _status(store) == "running"
 
     result = run(slide.path, _config(), output=store, client=client, resume=True)

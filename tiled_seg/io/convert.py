@@ -24,6 +24,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+import dask
+
 from tiled_seg.errors import ChannelError, ConfigError, InputFormatError, InputNotFoundError, OutputExistsError
 from tiled_seg.io._imc import open_mcd, read_imc_txt
 from tiled_seg.io._source import SourceImage
@@ -89,7 +91,10 @@ def convert(
     partial = target.parent / f".{target.name}.partial-{uuid.uuid4().hex[:8]}"
     written: list[str] = []
     try:
-        with _open_sources(source, kind) as images:
+        # The readers hold open file handles that cannot travel to cluster
+        # workers, and the file is local to this process anyway: convert with
+        # local threads even when a distributed client is active.
+        with dask.config.set(scheduler="threads"), _open_sources(source, kind) as images:
             for store_name, image in images:
                 names = _channel_names(channel_names, image, source)
                 size_um = pixel_size_um if pixel_size_um is not None else image.pixel_size_um
