@@ -7,7 +7,6 @@ import json
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,14 @@ from click.testing import CliRunner
 from distributed import Client, LocalCluster
 
 from tiled_seg._cli import main
-from tiled_seg.cluster import cluster_config, connect, count_gpus, gpu_resources, kubernetes_spec, slurm_cluster
+from tiled_seg.cluster import (
+    cluster_config,
+    connect,
+    count_gpus,
+    gpu_resources,
+    kubernetes_spec,
+    slurm_cluster,
+)
 from tiled_seg.config import ClusterConfig, KubernetesConfig, RunConfig, SlurmConfig
 from tiled_seg.errors import BackendError, ConfigError
 from tiled_seg.io import read_labels

@@ -9,14 +9,23 @@ import sys
 import time
 import urllib.request
 
+import anndata as ad
+import pandas as pd
 import pytest
+import zarr
 from distributed import Client, LocalCluster
 
 from tiled_seg.config import RunConfig
 from tiled_seg.errors import OutputExistsError
 from tiled_seg.io import read_labels
 from tiled_seg.io._fs import exists, filesystem, is_url, join, remove_tree, same_location
-from tiled_seg.io.tables import read_parquet
+from tiled_seg.io.tables import (
+    list_tables,
+    read_anndata_zarr,
+    read_parquet,
+    write_anndata_zarr,
+    write_parquet,
+)
 from tiled_seg.pipeline import run
 from tiled_seg.synth import make_slide
 
@@ -108,11 +117,12 @@ def test_fs_helpers_on_paths_and_urls(tmp_path, s3_endpoint):
 
 def test_run_from_s3_to_s3_equals_local_run(tmp_path, slides, client):
     local, url = slides
-    config = RunConfig().with_overrides(**{"tiling.tile_px": 64})
-    expected = run(local, config.with_overrides(measure=False), output=tmp_path / "local.zarr",
-                   client=client)
+    # Measuring over moto's S3 takes ~35 s (many small reads); tables are
+    # written to S3 in test_tables_by_url instead.
+    config = RunConfig(measure=False).with_overrides(**{"tiling.tile_px": 64})
+    expected = run(local, config, output=tmp_path / "local.zarr", client=client)
     output = f"s3://{BUCKET}/out/result.ome.zarr"
-    result = run(url, config, output=output, client=client)
+    result = run(url, config.with_overrides(measure=False), output=output, client=client)
     assert result.store == output
     assert result.n_cells == expected.n_cells > 20
     for name in ("cells", "nuclei"):
@@ -120,9 +130,24 @@ def test_run_from_s3_to_s3_equals_local_run(tmp_path, slides, client):
         want = read_labels(tmp_path / "local.zarr", name).compute()
         assert got.tobytes() == want.tobytes()
     assert not exists(output + ".tiled_seg_scratch")
-    table = read_parquet(result.tables["parquet"])
-    assert result.tables["parquet"].startswith("s3://")
-    assert len(table) == result.n_cells
-    assert exists(join(output, "tables", "cells", "zarr.json"))
     with pytest.raises(OutputExistsError, match="--overwrite"):
         run(url, config, output=output, client=client)
+
+
+def test_tables_by_url(s3_endpoint):
+    store = f"s3://{BUCKET}/tables/store.zarr"
+    zarr.open_group(store, mode="w", zarr_format=3)
+    table = pd.DataFrame({"cell_id": [1, 2, 3], "DNA1": [0.5, 1.5, 2.5]})
+    path = write_parquet(table, join(store, "tables", "cells.parquet"))
+    assert path.startswith("s3://") and exists(path)
+    pd.testing.assert_frame_equal(read_parquet(path), table)
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        write_parquet(table, path)
+    adata = ad.AnnData(table[["DNA1"]].to_numpy(),
+                       obs=pd.DataFrame({"cell_id": [1, 2, 3], "region": "labels/cells"},
+                                        index=["1", "2", "3"]))
+    written = write_anndata_zarr(adata, store, "cells", region="labels/cells")
+    assert list_tables(store) == ["cells"]
+    back = read_anndata_zarr(store, "cells")
+    assert written == join(store, "tables", "cells")
+    assert back.obs["cell_id"].tolist() == [1, 2, 3]
