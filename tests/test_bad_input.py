@@ -18,7 +18,6 @@ from tiled_seg._cli import main
 from tiled_seg.config import RunConfig
 from tiled_seg.errors import (
     AxesError,
-    ChannelError,
     CorruptChunkError,
     NotNGFFError,
     OutputNotWritableError,
