@@ -4,7 +4,8 @@ Usage::
 
     python benchmarks/bench_pipeline.py --sizes 4096 8192 --channels 16 --workers 2
 
-For each size it synthesizes a slide (not timed), runs ``tiled_seg.pipeline.run``
+For each size it synthesizes a slide (not timed; with ``--keep DIR`` a slide
+already in DIR is reused), runs ``tiled_seg.pipeline.run``
 on a LocalCluster and prints: wall time of the run, segmenter time (sum of the
 per-tile ``segment`` calls divided by the number of workers, i.e. the wall time a
 perfectly parallel run would spend segmenting), their ratio, and the peak
@@ -63,13 +64,14 @@ class PeakMemory:
 
 
 def bench(size: int, channels: int, workers: int, tile_px: int, folder: Path) -> dict[str, float]:
-    slide = make_slide(folder / f"bench_{size}.ome.zarr", size=(size, size),
-                       n_channels=channels, seed=1, overwrite=True)
+    path = folder / f"bench_{size}x{channels}.ome.zarr"
+    if not path.exists():
+        make_slide(path, size=(size, size), n_channels=channels, seed=1)
     config = RunConfig(measure=False).with_overrides(**{"tiling.tile_px": tile_px})
     with connect(workers=workers) as client:
         with PeakMemory() as memory:
             started = time.perf_counter()
-            result = run(slide.path, config, client=client, overwrite=True)
+            result = run(path, config, client=client, overwrite=True)
             wall = time.perf_counter() - started
     segmenter = result.segment_seconds / workers
     return {
@@ -96,12 +98,13 @@ def main() -> None:
     folder = args.keep or Path(tempfile.mkdtemp(prefix="tiled_seg_bench_"))
     folder.mkdir(parents=True, exist_ok=True)
     try:
-        rows = [bench(s, args.channels, args.workers, args.tile_px, folder) for s in args.sizes]
+        for size in args.sizes:
+            row = bench(size, args.channels, args.workers, args.tile_px, folder)
+            print(" ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}"
+                           for k, v in row.items()), flush=True)
     finally:
         if args.keep is None:
             shutil.rmtree(folder, ignore_errors=True)
-    for row in rows:
-        print(" ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from distributed import Client, LocalCluster
 
 #: Real data kept outside the repository (see ../shared/data/README.md).
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -21,3 +22,15 @@ def requires_data(subpath: str) -> pytest.MarkDecorator:
         not path.exists(),
         reason=f"real data {path} is absent (a fresh clone lacks ../shared/data; CI has it)",
     )
+
+
+@pytest.fixture(scope="session")
+def client():
+    """Two local worker processes shared by the tests that run the pipeline.
+
+    Not the default dask client: only code handed this client computes on it.
+    """
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster, \
+            Client(cluster, set_as_default=False) as shared:
+        yield shared

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import zarr
 from click.testing import CliRunner
-from distributed import Client, LocalCluster
+from distributed import Client
 
 from tiled_seg import pipeline
 from tiled_seg._cli import main
@@ -30,13 +30,6 @@ from tiled_seg.tiling import plan_tiles
 
 SIZE = 128
 CHUNK = 32
-
-
-@pytest.fixture(scope="module")
-def client():
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                      dashboard_address=None) as cluster, Client(cluster) as client:
-        yield client
 
 
 @pytest.fixture(scope="module")

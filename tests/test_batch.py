@@ -7,7 +7,6 @@ import json
 import pytest
 import zarr
 from click.testing import CliRunner
-from distributed import Client, LocalCluster
 
 from tiled_seg._cli import main
 from tiled_seg.batch import expand_slides, output_for, run_batch
@@ -17,13 +16,6 @@ from tiled_seg.io import list_labels, read_labels
 from tiled_seg.synth import make_slide
 
 CONFIG = RunConfig(measure=False).with_overrides(**{"tiling.tile_px": 64})
-
-
-@pytest.fixture(scope="module")
-def client():
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                      dashboard_address=None) as cluster, Client(cluster) as client:
-        yield client
 
 
 @pytest.fixture(scope="module")

@@ -11,20 +11,12 @@ import numpy as np
 import pytest
 import tifffile
 from click.testing import CliRunner
-from distributed import Client, LocalCluster
 
 from tiled_seg._cli import main
 from tiled_seg.synth import make_slide
 
 #: What a run, measure or expand may write into an image store in place.
 OURS = ("labels", "tables")
-
-
-@pytest.fixture(scope="module")
-def client():
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                      dashboard_address=None) as cluster, Client(cluster) as client:
-        yield client
 
 
 @pytest.fixture(scope="module")

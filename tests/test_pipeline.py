@@ -24,13 +24,6 @@ CHUNK = 32
 
 
 @pytest.fixture(scope="module")
-def client():
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                      dashboard_address=None) as cluster, Client(cluster) as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
 def slide(tmp_path_factory):
     path = tmp_path_factory.mktemp("slides") / "slide.ome.zarr"
     return make_slide(path, size=(SIZE, SIZE), seed=7, chunk_px=CHUNK)
@@ -84,7 +77,7 @@ def test_nuclei_inside_their_cells(tmp_path, slide, client):
 def test_identical_with_one_and_two_workers(tmp_path, slide, client):
     two = _run_to(tmp_path, slide, client, 64, "two")
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
-                      dashboard_address=None) as cluster, Client(cluster) as single:
+                      dashboard_address=None) as cluster, Client(cluster, set_as_default=False) as single:
         one = _run_to(tmp_path, slide, single, 64, "one")
     assert one.dtype == np.uint32
     assert one.tobytes() == two.tobytes()

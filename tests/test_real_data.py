@@ -19,16 +19,12 @@ FOV8 = "mibi_tnbc_fov8"
 
 
 @requires_data(f"{FOV8}/fov8_mibitiff_22ch.tiff")
-def test_mibi_config_on_fov8_reaches_target(tmp_path):
+def test_mibi_config_on_fov8_reaches_target(tmp_path, client):
     store = convert(DATA / FOV8 / "fov8_mibitiff_22ch.tiff", tmp_path / "fov8.ome.zarr")[0]
     config = load_config(CONFIGS / "mibi.yaml").with_overrides(
         **{"measure": False, "tiling.tile_px": 512}
     )
-    from distributed import Client, LocalCluster
-
-    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster, \
-            Client(cluster) as client:
-        result = run(store, config, client=client)
+    result = run(store, config, client=client)
     cells = read_labels(store, "cells").compute()
     reference = tifffile.imread(DATA / FOV8 / "fov8_mesmer_labels.tif")
     score = match_labels(cells, reference)
