@@ -11,11 +11,11 @@ import pytest
 import zarr
 from distributed import Client, LocalCluster
 
-from tiled_seg import pipeline
 from tiled_seg._manifest import create_scratch
 from tiled_seg.config import RunConfig
 from tiled_seg.io.ngff import read_labels
 from tiled_seg.pipeline import run
+from tiled_seg.pipeline._tiles import write_scratch
 from tiled_seg.synth import make_slide
 from tiled_seg.tiling import plan_tiles
 
@@ -75,14 +75,14 @@ def test_tile_write_is_idempotent_and_replaces_a_damaged_chunk(tmp_path):
     labels = np.random.default_rng(0).integers(0, 50, size=edge.halo.shape).astype(np.int32)
     chunk_file = tmp_path / "scratch.zarr" / "objects" / "c" / str(edge.index) / "0" / "0"
 
-    pipeline._write_scratch(scratch, "objects", edge, labels)
+    write_scratch(scratch, "objects", edge, labels)
     first = chunk_file.read_bytes()
-    pipeline._write_scratch(scratch, "objects", edge, labels)
+    write_scratch(scratch, "objects", edge, labels)
     assert chunk_file.read_bytes() == first
 
     # A task killed mid-write on a store without atomic writes could leave garbage.
     chunk_file.write_bytes(b"\x00garbage")
-    pipeline._write_scratch(scratch, "objects", edge, labels)
+    write_scratch(scratch, "objects", edge, labels)
     assert chunk_file.read_bytes() == first
     stored = zarr.open_array(f"{scratch}/objects", mode="r")[edge.index]
     height, width = edge.halo.shape

@@ -15,13 +15,12 @@ import zarr
 from click.testing import CliRunner
 from distributed import Client, LocalCluster
 
-from tiled_seg import pipeline
 from tiled_seg._cli import main
 from tiled_seg._manifest import count_records, read_records, scratch_path
 from tiled_seg.config import RunConfig
 from tiled_seg.errors import OutputExistsError, ResumeError
 from tiled_seg.io.ngff import list_labels, read_labels
-from tiled_seg.pipeline import run
+from tiled_seg.pipeline import _run, run
 from tiled_seg.synth import make_slide
 
 SIZE = 128
@@ -176,13 +175,13 @@ def test_resume_reuses_recorded_tiles_and_refuses_other_configs(
 
     # Overwriting a complete result marks it running before any label is touched.
     seen = []
-    real = pipeline.write_labels
+    real = _run.write_labels
 
     def spy(store_path, *args, **kwargs):
         seen.append(_status(Path(store_path)))
         return real(store_path, *args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "write_labels", spy)
+    monkeypatch.setattr(_run, "write_labels", spy)
     run(slide.path, _config(), output=store, client=client, overwrite=True)
     assert seen and set(seen) == {"running"}
     state = zarr.open_group(store, mode="r").attrs["tiled_seg"]
@@ -191,7 +190,7 @@ def test_resume_reuses_recorded_tiles_and_refuses_other_configs(
 
 def test_interrupted_label_write_is_marked_and_resumed(tmp_path, slide, client, clean, monkeypatch):
     store = tmp_path / "out.zarr"
-    real = pipeline.write_labels
+    real = _run.write_labels
     calls = []
 
     def write_then_die(*args, **kwargs):
@@ -200,10 +199,10 @@ def test_interrupted_label_write_is_marked_and_resumed(tmp_path, slide, client, 
         if len(calls) == 1:
             raise Crash
 
-    monkeypatch.setattr(pipeline, "write_labels", write_then_die)
+    monkeypatch.setattr(_run, "write_labels", write_then_die)
     with pytest.raises(Crash):
         run(slide.path, _config(), output=store, client=client)
-    monkeypatch.setattr(pipeline, "write_labels", real)
+    monkeypatch.setattr(_run, "write_labels", real)
     # Labels exist but the store says the run did not finish.
     assert "cells" in list_labels(store)
     assert _status(store) == "running"
