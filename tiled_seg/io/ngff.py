@@ -388,6 +388,22 @@ def _downsample_mean(level: da.Array) -> da.Array:
     return reduced.astype(level.dtype)
 
 
+def _chunk_aligned(array: da.Array, chunk_px: int) -> bool:
+    """Whether every dask block of ``array`` covers whole zarr chunks of ``chunk_px``.
+
+    Such blocks can be stored in parallel without a rechunk (each task writes
+    its own chunks).
+
+    >>> _chunk_aligned(da.zeros((10, 6), chunks=(4, 6)), 2)
+    True
+    >>> _chunk_aligned(da.zeros((10, 6), chunks=(3, 6)), 2)
+    False
+    """
+    return all(
+        all(size % chunk_px == 0 for size in sizes[:-1]) for sizes in array.chunks
+    )
+
+
 def _downsample_nearest(level: da.Array) -> da.Array:
     """Halve y and x by taking every other pixel: no label id is invented."""
     return level[..., ::2, ::2]
@@ -555,17 +571,20 @@ def write_labels(
             )
         del labels_group[name]
     group = labels_group.create_group(name)
-    level = da.asarray(labels).rechunk((chunk_px, chunk_px))
+    level = da.asarray(labels)
+    if not _chunk_aligned(level, chunk_px):
+        level = level.rechunk((chunk_px, chunk_px))
     shapes = pyramid_shapes(level.shape, chunk_px)
     for index in range(len(shapes)):
         if index:
-            level = _downsample_nearest(level).rechunk((chunk_px, chunk_px))
+            level = _downsample_nearest(level)
         target = group.create_array(
             str(index), shape=level.shape, chunks=(chunk_px, chunk_px), dtype=level.dtype,
             fill_value=0, **_dimension_kwargs(["y", "x"], version),
         )
         da.store(level, target, lock=False)
-        level = da.from_zarr(target)
+        # Blocks of two chunks halve into one chunk each: no rechunk, no transfers.
+        level = da.from_zarr(target, chunks=(2 * chunk_px, 2 * chunk_px))
     image_label: dict[str, Any] = {"source": {"image": "../../"}}
     if properties:
         image_label["properties"] = list(properties)

@@ -86,10 +86,10 @@ def read_extended(job: TileJob, tile: Tile) -> np.ndarray:
     """
     slide = _cached_slide(job.slide_path, job.pixel_size_um)
     index = [slide.channel_index(name) for name in job.channels]
-    window = slide.data[index][(slice(None), *tile.halo.slices)]
     try:
         return slide.read_region(index, *tile.halo.slices)
     except Exception as error:  # codecs and stores raise many types; diagnose, else re-raise
+        window = slide.data[index][(slice(None), *tile.halo.slices)]
         where = f"{slide.path} (full resolution, tile {tile.index}, box {tile.halo})"
         damaged = damaged_chunk(window, job.channels, (tile.halo.y0, tile.halo.x0), where, error)
         if damaged is None:
