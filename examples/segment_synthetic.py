@@ -13,18 +13,23 @@ from tiled_seg.evaluate import match_labels
 from tiled_seg.pipeline import run
 from tiled_seg.synth import make_slide
 
-out_dir = Path(sys.argv[1] if len(sys.argv) > 1 else "example_output")
-out_dir.mkdir(exist_ok=True)
 
-slide = make_slide(out_dir / "slide.ome.zarr", size=(1024, 1024), seed=1, overwrite=True)
-config = load_config(Path(__file__).parents[1] / "configs" / "default.yaml")
+def main(out_dir: Path) -> None:
+    out_dir.mkdir(exist_ok=True)
+    slide = make_slide(out_dir / "slide.ome.zarr", size=(1024, 1024), seed=1, overwrite=True)
+    config = load_config(Path(__file__).parents[1] / "configs" / "default.yaml")
+    with connect(workers=2) as client:
+        result = run(slide.path, config.with_overrides(**{"tiling.tile_px": 512}),
+                     client=client, overwrite=True)
 
-with connect(workers=2) as client:
-    result = run(slide.path, config.with_overrides(**{"tiling.tile_px": 512}),
-                 client=client, overwrite=True)
+    cells = tiled_seg.read_labels(result.store, "cells").compute()
+    truth = tiled_seg.read_labels(result.store, "gt_cells").compute()
+    score = match_labels(cells, truth)
+    print(f"{result.n_cells} cells in {result.n_tiles} tiles; F1 at IoU 0.5: {score.f1:.3f}")
+    print(f"labels: {result.labels['cells']}  (napari --plugin napari-ome-zarr {result.store})")
+    print(f"cell table: {result.tables.get('parquet')}")
 
-cells = tiled_seg.read_labels(result.store, "cells").compute()
-truth = tiled_seg.read_labels(result.store, "gt_cells").compute()
-score = match_labels(cells, truth)
-print(f"{result.n_cells} cells in {result.n_tiles} tiles; F1 at IoU 0.5: {score.f1:.3f}")
-print(f"labels: {result.labels['cells']}  (open with: napari --plugin napari-ome-zarr {result.store})")
+
+# Dask starts worker processes that import this file: run only as a script.
+if __name__ == "__main__":
+    main(Path(sys.argv[1] if len(sys.argv) > 1 else "example_output"))
