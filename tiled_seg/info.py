@@ -15,6 +15,7 @@ import zarr
 from tiled_seg._manifest import count_records, scratch_path
 from tiled_seg.errors import NotNGFFError
 from tiled_seg.io.ngff import Slide, _ome_attrs, _open_group, list_labels, open_slide
+from tiled_seg.io.tables import list_tables
 
 __all__ = ["StoreInfo", "LabelInfo", "describe", "RUN_STATE_KEY"]
 
@@ -113,8 +114,31 @@ class StoreInfo:
                 )
             if self.tiles_recorded is not None:
                 lines.append(f"  tiles recorded: {self.tiles_recorded[0]} of {self.tiles_recorded[1]}")
-            lines += [f"  {key}: {value}" for key, value in self.run_state.items()]
+            lines += _run_state_lines(self.run_state)
         return "\n".join(lines)
+
+
+def _run_state_lines(state: dict[str, Any]) -> list[str]:
+    """The run record in a few lines; ``--json`` gives all of it (config, statistics)."""
+    summary = state.get("summary", {})
+    backend = state.get("config", {}).get("backend", {}).get("name")
+    facts = {
+        "status": state.get("status"),
+        "source": state.get("source"),
+        "version": state.get("version"),
+        "backend": backend,
+        "started": state.get("started"),
+        "finished": state.get("finished"),
+        "cells": summary.get("n_cells"),
+        "nuclei": summary.get("n_nuclei"),
+        "tiles": summary.get("n_tiles"),
+        "non-finite px": summary.get("nonfinite_px") or None,
+    }
+    lines = [f"  {key}: {value}" for key, value in facts.items() if value is not None]
+    timings = summary.get("timings_s")
+    if timings:
+        lines.append("  time: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))
+    return lines
 
 
 def _shape(shape: tuple[int, ...]) -> str:
@@ -195,7 +219,7 @@ def _tables(image: zarr.Group, path: str) -> tuple[str, ...]:
     """Names under ``tables/``: zarr members, or files on disk (e.g. Parquet)."""
     names: set[str] = set()
     if "tables" in image and isinstance(image["tables"], zarr.Group):
-        names.update(image["tables"].keys())
+        names.update(list_tables(path))
     folder = Path(path) / "tables"
     if "://" not in path and folder.is_dir():
         names.update(
