@@ -8,18 +8,21 @@ import pandas as pd
 import pytest
 import zarr
 from click.testing import CliRunner
+from scipy import ndimage
 from scipy.spatial.distance import cdist
 from skimage.measure import regionprops_table
 from skimage.segmentation import expand_labels
 
 from conftest import DATA, requires_data
 from tiled_seg._cli import main
-from tiled_seg.errors import ChannelError, OutputExistsError
+from tiled_seg.errors import ChannelError, ConfigError, OutputExistsError
 from tiled_seg.io.ngff import write_image, write_labels
 from tiled_seg.io.tables import read_anndata_zarr, read_parquet
 from tiled_seg.measure import (
     MORPHOLOGY_COLUMNS,
     block_partials,
+    border_edges_dask,
+    border_pairs,
     combine_partials,
     link_nuclei,
     measure_arrays,
@@ -165,6 +168,48 @@ def test_touching_pairs_across_chunks(connectivity) -> None:
     assert touching_pairs(diagonal, connectivity).tolist() == ([] if connectivity == 1 else [[1, 2]])
 
 
+def _border_brute_force(labels, dmax):
+    """Pairs ``a < b`` whose closest pixel centres are <= dmax apart, as steinbock finds them."""
+    ids = np.unique(labels[labels > 0])
+    rows = []
+    for a in ids:
+        # Distance of every pixel to the nearest pixel of cell a.
+        to_a = ndimage.distance_transform_edt(labels != a)
+        closest = ndimage.minimum(to_a, labels, index=ids)
+        rows += [(a, b, d) for b, d in zip(ids, closest) if b > a and d <= dmax]
+    return pd.DataFrame(rows, columns=["cell_a", "cell_b", "distance_px"])
+
+
+@pytest.mark.parametrize("dmax", [1.0, 2.5, 5.0, 7.3])
+def test_border_edges_match_brute_force(dmax) -> None:
+    labels, _ = _slide(shape=(48, 56), n=14, seed=8)
+    expected = _border_brute_force(labels, dmax)
+    # Chunks of 5 px: smaller than the cells and than the larger dmax values.
+    got = border_edges_dask(da.from_array(labels, chunks=5), dmax)
+    assert np.array_equal(got[["cell_a", "cell_b"]].to_numpy(), expected[["cell_a", "cell_b"]].to_numpy())
+    np.testing.assert_allclose(got["distance_px"], expected["distance_px"], rtol=1e-12)
+    pairs, distances = border_pairs(labels, dmax)
+    assert np.array_equal(pairs, got[["cell_a", "cell_b"]].to_numpy())
+    np.testing.assert_allclose(distances, got["distance_px"], rtol=1e-12)
+    assert len(expected) > 5
+    if dmax == 1.0:
+        # Closest pixels 1 px apart means touching by an edge.
+        assert np.array_equal(pairs, touching_pairs(labels, 1))
+    else:
+        assert (expected["distance_px"] > 1).any(), "dmax should reach cells that do not touch"
+
+
+def test_border_pairs_across_background_gap() -> None:
+    labels = np.zeros((12, 12), np.int32)
+    labels[1:4, 1:4] = 1
+    labels[6:9, 5:8] = 2  # closest pixels (3, 3) and (6, 5): sqrt(13) px apart
+    pairs, distances = border_pairs(labels, np.sqrt(13))
+    assert pairs.tolist() == [[1, 2]] and distances[0] == pytest.approx(np.sqrt(13))
+    assert border_pairs(labels, 3.6)[0].size == 0
+    with pytest.raises(ConfigError, match="> 0"):
+        border_edges_dask(da.from_array(labels), 0.0)
+
+
 def test_result_independent_of_chunking() -> None:
     labels, image = _slide(seed=6)
     tables = [
@@ -217,6 +262,27 @@ def test_measure_store_writes_tables(store, tmp_path) -> None:
         measure_store(path)
 
 
+def test_measure_store_border_neighbours(store, tmp_path) -> None:
+    path, labels, _ = store
+    result = measure_store(
+        path, distance_um=2.0, neighbours="borders", steinbock_dir=tmp_path / "sb", nuclei=None
+    )
+    expected = _border_brute_force(labels, 2.0 / 0.5)
+    graph = result.edges[result.edges["kind"] == "border"]
+    assert np.array_equal(graph[["cell_a", "cell_b"]].to_numpy(), expected[["cell_a", "cell_b"]].to_numpy())
+    np.testing.assert_allclose(graph["distance_um"], expected["distance_px"] * 0.5, rtol=1e-12)
+    assert list(result.edges["kind"].cat.categories) == ["touching", "border"]
+    adata = read_anndata_zarr(path, "cells")
+    assert adata.obsp["spatial_connectivities"].nnz == 2 * len(expected)
+    assert adata.obsp["spatial_distances"].max() == pytest.approx(expected["distance_px"].max() * 0.5)
+    steinbock = pd.read_csv(result.paths["steinbock_neighbors"])
+    assert len(steinbock) == 2 * len(expected)
+    first = steinbock[steinbock["Object"] < steinbock["Neighbor"]].reset_index(drop=True)
+    np.testing.assert_allclose(first["Distance"], expected["distance_px"], rtol=1e-9)
+    parquet = read_parquet(result.paths["neighbours"])
+    assert (parquet["kind"] == "border").sum() == len(expected)
+
+
 def test_measure_store_channel_subset_and_errors(store) -> None:
     path, labels, image = store
     result = measure_store(path, channels=["ker"], nuclei=None, outputs=("parquet",), table_name="ker")
@@ -234,6 +300,16 @@ def test_cli_measure(store, tmp_path) -> None:
     again = CliRunner().invoke(main, ["measure", str(path)])
     assert again.exit_code == 2 and "--overwrite" in again.output
     assert CliRunner().invoke(main, ["measure", str(path), "--overwrite"]).exit_code == 0
+    borders = CliRunner().invoke(
+        main, ["measure", str(path), "--overwrite", "--neighbours", "borders", "--distance-um", "1.5",
+               "--steinbock", str(tmp_path / "sb")],
+    )
+    assert borders.exit_code == 0, borders.output
+    steinbock = pd.read_csv(tmp_path / "sb" / "neighbors.csv")
+    assert len(steinbock) == 2 * len(_border_brute_force(labels, 1.5 / 0.5))
+    assert steinbock["Distance"].max() <= 3.0
+    wrong = CliRunner().invoke(main, ["measure", str(path), "--overwrite", "--neighbours", "knn"])
+    assert wrong.exit_code == 2 and "borders" in wrong.output
 
 
 FOV8 = "mibi_tnbc_fov8"

@@ -148,3 +148,18 @@ def test_cli_reports_errors_in_one_line(tmp_path):
     result = CliRunner().invoke(main, ["run", str(tmp_path / "absent.ome.zarr")])
     assert result.exit_code == 2
     assert "does not exist" in result.output
+
+
+def test_run_measures_border_neighbours(tmp_path, slide, client):
+    import pandas as pd
+
+    config = RunConfig(neighbours="borders", neighbour_distance_um=2.0).with_overrides(
+        **{"tiling.tile_px": 160}
+    )
+    result = run(slide.path, config, output=tmp_path / "out.zarr", client=client)
+    cells = pd.read_parquet(result.tables["parquet"])
+    edges = pd.read_parquet(result.tables["neighbours"])
+    assert len(cells) == result.n_cells
+    border = edges[edges["kind"] == "border"]
+    assert len(border) > 0
+    assert border["distance_um"].max() <= 2.0

@@ -201,7 +201,11 @@ class RunConfig(_Section):
     #: nuclear-only backends; needs ``compartment: nuclear``.
     expand_nuclei_um: float | None = Field(None, gt=0)
     measure: bool = True
-    #: Largest centroid distance (um) of the neighbour graph in the tables.
+    #: Neighbour graph in the tables besides touching cells: cells whose
+    #: centroids ("centroids") or closest pixels ("borders", steinbock's
+    #: border distance) are within ``neighbour_distance_um``.
+    neighbours: Literal["centroids", "borders"] = "centroids"
+    #: Largest distance (um) of that neighbour graph.
     neighbour_distance_um: float = Field(20.0, gt=0)
     #: Where tasks run; does not change the results.
     cluster: ClusterConfig = ClusterConfig()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from tiled_seg._cli import catch_errors, main
-from tiled_seg.measure import measure_store
+from tiled_seg.measure import NEIGHBOURS, measure_store
 
 
 @main.command("measure")
@@ -18,7 +18,10 @@ from tiled_seg.measure import measure_store
 @click.option("--channels", default=None, help="Comma-separated channel names (default: all).")
 @click.option("--table-name", default="cells", show_default=True, help="Name under tables/.")
 @click.option("--distance-um", default=20.0, show_default=True, type=float,
-              help="Centroid distance (um) of the neighbour graph.")
+              help="Largest centroid (or border, with --neighbours borders) distance (um) "
+                   "of the neighbour graph.")
+@click.option("--neighbours", type=click.Choice(NEIGHBOURS), default="centroids", show_default=True,
+              help="Distance graph: centroid distance, or border distance (closest pixels).")
 @click.option("--pixel-size-um", default=None, type=float, help="Override the store's pixel size (um).")
 @click.option("--h5ad", "h5ad", default=None, type=click.Path(), help="Also write an .h5ad file.")
 @click.option("--steinbock", "steinbock_dir", default=None, type=click.Path(),
@@ -32,6 +35,7 @@ def measure_cmd(
     channels: str | None,
     table_name: str,
     distance_um: float,
+    neighbours: str,
     pixel_size_um: float | None,
     h5ad: str | None,
     steinbock_dir: str | None,
@@ -46,6 +50,7 @@ def measure_cmd(
         pixel_size_um=pixel_size_um,
         table_name=table_name,
         distance_um=distance_um,
+        neighbours=neighbours,
         h5ad=h5ad,
         steinbock_dir=steinbock_dir,
         overwrite=overwrite,

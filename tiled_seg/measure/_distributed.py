@@ -7,6 +7,7 @@ in a fixed tree so the result does not depend on the order tasks finish.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import dask
@@ -14,12 +15,17 @@ import dask.array as da
 import numpy as np
 import pandas as pd
 
-from tiled_seg.errors import AxesError
+from tiled_seg.errors import AxesError, ConfigError
 from tiled_seg.measure._intensity import block_partials, combine_partials
 from tiled_seg.measure._morphology import morphology_table
-from tiled_seg.measure._neighbours import touching_pairs, unique_pairs
+from tiled_seg.measure._neighbours import (
+    border_pairs,
+    closest_per_pair,
+    touching_pairs,
+    unique_pairs,
+)
 
-__all__ = ["aggregate_cells", "morphology_dask", "touching_dask", "align_chunks"]
+__all__ = ["aggregate_cells", "morphology_dask", "touching_dask", "border_edges_dask", "align_chunks"]
 
 #: Partials merged per reduction task.
 FAN_IN = 8
@@ -160,3 +166,50 @@ def touching_dask(labels: da.Array, connectivity: int = 1) -> np.ndarray:
 
 def _merge_pairs(parts: list[np.ndarray]) -> np.ndarray:
     return unique_pairs(np.concatenate(parts))
+
+
+def border_edges_dask(labels: da.Array, dmax_px: float) -> pd.DataFrame:
+    """Cell pairs whose borders are at most ``dmax_px`` apart, over the whole slide.
+
+    Each task reads one chunk with a halo of ``ceil(dmax_px) + 1`` px (by
+    slicing, so the halo may be wider than the chunks) and keeps the pairs
+    with a pixel in its chunk (:func:`border_pairs`); merging keeps each
+    pair's smallest distance, so the result equals :func:`border_pairs` on
+    the whole array.
+
+    Parameters
+    ----------
+    labels : dask array, shape (Y, X), integer
+    dmax_px : float
+        Largest border distance (px): the smallest distance between pixel
+        centres of the two cells; touching cells are 1 px apart.
+
+    Returns
+    -------
+    DataFrame
+        ``cell_a < cell_b`` (sorted) and ``distance_px``.
+    """
+    if labels.ndim != 2:
+        raise AxesError(f"labels must be (Y, X); got shape {labels.shape}.")
+    if not dmax_px > 0:
+        raise ConfigError(f"border distance must be > 0 px; got {dmax_px}.")
+    halo = math.ceil(dmax_px) + 1
+    height, width = labels.shape
+    kernel = dask.delayed(border_pairs, pure=True)
+    merge = dask.delayed(_merge_closest, pure=True)
+    edges = [np.r_[0, np.cumsum(c)] for c in labels.chunks]
+    parts = []
+    for y0, y1 in zip(edges[0][:-1], edges[0][1:]):
+        for x0, x1 in zip(edges[1][:-1], edges[1][1:]):
+            top, left = max(int(y0) - halo, 0), max(int(x0) - halo, 0)
+            block = labels[top : min(int(y1) + halo, height), left : min(int(x1) + halo, width)]
+            core = (int(y0) - top, int(x0) - left, int(y1) - top, int(x1) - left)
+            parts.append(kernel(block, dmax_px, core))
+    while len(parts) > 1:
+        parts = [merge(parts[i : i + FAN_IN]) for i in range(0, len(parts), FAN_IN)]
+    ((pairs, distances),) = dask.compute(parts[0])
+    return pd.DataFrame({"cell_a": pairs[:, 0], "cell_b": pairs[:, 1], "distance_px": distances})
+
+
+def _merge_closest(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    return closest_per_pair(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))

@@ -1,10 +1,13 @@
-"""Cell neighbour graphs: pixel contact and centroid distance.
+"""Cell neighbour graphs: pixel contact, centroid distance and border distance.
 
 Touching: two cells touch when a pixel of one is adjacent to a pixel of the
 other, with ``connectivity`` 1 (edge neighbours, 4-connectivity, the default)
 or 2 (edge and corner neighbours, 8-connectivity). Background between cells
 breaks contact. Distance: two cells are neighbours when their centroids are
 at most ``dmax`` apart (steinbock's ``measure neighbors --type centroids``).
+Border distance: two cells are neighbours when the smallest Euclidean
+distance between a pixel centre of one and a pixel centre of the other is at
+most ``dmax`` (steinbock's ``--type borders``; touching cells are 1 px apart).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.spatial import cKDTree
 
-__all__ = ["touching_pairs", "unique_pairs", "centroid_pairs"]
+__all__ = ["touching_pairs", "unique_pairs", "centroid_pairs", "border_pairs", "closest_per_pair"]
 
 
 def touching_pairs(labels: np.ndarray, connectivity: int = 1) -> np.ndarray:
@@ -63,3 +66,71 @@ def centroid_pairs(centroids: np.ndarray, dmax: float) -> tuple[np.ndarray, np.n
     pairs = pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))] if len(pairs) else pairs.reshape(0, 2)
     distances = np.linalg.norm(centroids[pairs[:, 0]] - centroids[pairs[:, 1]], axis=1)
     return pairs, distances
+
+
+def border_pairs(
+    labels: np.ndarray, dmax: float, core: tuple[int, int, int, int] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs of distinct labels at most ``dmax`` px apart, with their distance.
+
+    The distance of two cells is the smallest distance between pixel centres
+    of the two. It is reached at border pixels (pixels with a 4-neighbour of
+    another value): from an interior pixel a step towards the other cell
+    stays in the cell and gets closer. So only border pixels are compared.
+
+    Parameters
+    ----------
+    labels : ndarray, shape (Y, X), integer
+        Labels, 0 = background.
+    dmax : float
+        Largest border distance (px).
+    core : (y0, x0, y1, x1), optional
+        Box (px, max exclusive) that one pixel of each pair must lie in;
+        default the whole array. With a halo of ``floor(dmax) + 1`` px
+        around the core, every pair with a pixel in the core is found at its
+        true distance.
+
+    Returns
+    -------
+    pairs : ndarray, shape (n, 2), int64
+        Unique rows ``(a, b)`` with ``0 < a < b``, sorted.
+    distances : ndarray, shape (n,), float64
+        Border distance of each pair (px).
+    """
+    border = np.zeros(labels.shape, bool)
+    for axis in (0, 1):
+        first = [slice(None)] * 2
+        second = [slice(None)] * 2
+        first[axis], second[axis] = slice(None, -1), slice(1, None)
+        differ = labels[tuple(first)] != labels[tuple(second)]
+        border[tuple(first)] |= differ
+        border[tuple(second)] |= differ
+    border &= labels > 0
+    points = np.argwhere(border)
+    y0, x0, y1, x1 = core if core is not None else (0, 0, *labels.shape)
+    inside = (points[:, 0] >= y0) & (points[:, 0] < y1) & (points[:, 1] >= x0) & (points[:, 1] < x1)
+    if not inside.any() or len(points) < 2:
+        return np.zeros((0, 2), np.int64), np.zeros(0)
+    # The tree compares squared distances, so sqrt(k) <= dmax can fail at
+    # dmax = sqrt(k): search a little wider and decide on the distance itself.
+    found = cKDTree(points[inside]).sparse_distance_matrix(
+        cKDTree(points), dmax * (1 + 1e-9), output_type="ndarray"
+    )
+    first, second = points[inside][found["i"]], points[found["j"]]
+    distances = np.sqrt(((first - second) ** 2).sum(axis=1))
+    a = labels[tuple(first.T)].astype(np.int64)
+    b = labels[tuple(second.T)].astype(np.int64)
+    keep = (a != b) & (distances <= dmax)
+    a, b = a[keep], b[keep]
+    pairs = np.stack([np.minimum(a, b), np.maximum(a, b)], axis=1)
+    return closest_per_pair(pairs, distances[keep])
+
+
+def closest_per_pair(pairs: np.ndarray, distances: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct rows of an ``(n, 2)`` pair array, sorted, each with its smallest distance."""
+    if not len(pairs):
+        return np.zeros((0, 2), np.int64), np.zeros(0)
+    order = np.lexsort((distances, pairs[:, 1], pairs[:, 0]))
+    pairs, distances = pairs[order], distances[order]
+    first = np.r_[True, (pairs[1:] != pairs[:-1]).any(axis=1)]
+    return pairs[first].astype(np.int64), distances[first].astype(np.float64)

@@ -19,14 +19,27 @@ from tiled_seg.io.tables import (
     write_parquet,
     write_steinbock,
 )
-from tiled_seg.measure._distributed import aggregate_cells, morphology_dask, touching_dask
+from tiled_seg.measure._distributed import (
+    aggregate_cells,
+    border_edges_dask,
+    morphology_dask,
+    touching_dask,
+)
 from tiled_seg.measure._neighbours import centroid_pairs
 from tiled_seg.measure._table import cell_table, steinbock_frames, to_anndata
 
-__all__ = ["MeasureResult", "measure_arrays", "neighbour_edges", "measure_store", "OUTPUTS"]
+__all__ = [
+    "MeasureResult", "measure_arrays", "neighbour_edges", "measure_store", "OUTPUTS", "NEIGHBOURS",
+]
 
 #: Outputs ``measure_store`` can write into the store.
 OUTPUTS = ("anndata", "parquet")
+
+#: Distance graphs ``measure_store`` can build (steinbock's ``--type``).
+NEIGHBOURS = ("centroids", "borders")
+
+#: Edge kind of each distance graph in the edge table.
+_EDGE_KIND = {"centroids": "centroid", "borders": "border"}
 
 
 @dataclass(frozen=True)
@@ -61,28 +74,54 @@ def neighbour_edges(
     pixel_size_um: float,
     distance_um: float,
     connectivity: int = 1,
+    neighbours: str = "centroids",
 ) -> pd.DataFrame:
-    """Edge table of touching cells and of cells with centroids within ``distance_um``.
+    """Edge table of touching cells and of cells within ``distance_um``.
+
+    Parameters
+    ----------
+    labels : dask array, shape (Y, X), integer
+    table : DataFrame
+        Cell table with ``cell_id`` (sorted) and centroids in um.
+    pixel_size_um : float
+        Pixel size (um).
+    distance_um : float
+        Largest distance (um) of the distance graph.
+    connectivity : {1, 2}
+        Pixel contact rule of the touching graph.
+    neighbours : {"centroids", "borders"}
+        Distance graph: centroids within ``distance_um`` (kind ``centroid``),
+        or cells whose closest pixel centres are within ``distance_um``
+        (kind ``border``, see :func:`border_edges_dask`).
 
     Returns
     -------
     DataFrame
-        ``cell_a < cell_b``, ``kind`` (``touching`` or ``centroid``) and
-        ``distance_um`` (centroid distance in um, for both kinds).
+        ``cell_a < cell_b``, ``kind`` (``touching``, then ``centroid`` or
+        ``border``) and ``distance_um``: the centroid distance (um) for
+        ``touching`` and ``centroid`` edges, the border distance (um) for
+        ``border`` edges.
     """
     ids = table["cell_id"].to_numpy()
     points = table[["centroid_y_um", "centroid_x_um"]].to_numpy()
     touching = touching_dask(labels, connectivity)
     rows_a, rows_b = np.searchsorted(ids, touching[:, 0]), np.searchsorted(ids, touching[:, 1])
     touch_distance = np.linalg.norm(points[rows_a] - points[rows_b], axis=1)
-    pairs, distances = centroid_pairs(points, distance_um)
+    kind = _EDGE_KIND[neighbours]
+    if neighbours == "borders":
+        border = border_edges_dask(labels, distance_um / pixel_size_um)
+        near_a, near_b = border["cell_a"].to_numpy(), border["cell_b"].to_numpy()
+        distances = border["distance_px"].to_numpy() * pixel_size_um
+    else:
+        pairs, distances = centroid_pairs(points, distance_um)
+        near_a, near_b = ids[pairs[:, 0]], ids[pairs[:, 1]]
     return pd.DataFrame(
         {
-            "cell_a": np.r_[touching[:, 0], ids[pairs[:, 0]]].astype(np.int64),
-            "cell_b": np.r_[touching[:, 1], ids[pairs[:, 1]]].astype(np.int64),
+            "cell_a": np.r_[touching[:, 0], near_a].astype(np.int64),
+            "cell_b": np.r_[touching[:, 1], near_b].astype(np.int64),
             "kind": pd.Categorical(
-                ["touching"] * len(touching) + ["centroid"] * len(pairs),
-                categories=["touching", "centroid"],
+                ["touching"] * len(touching) + [kind] * len(near_a),
+                categories=["touching", kind],
             ),
             "distance_um": np.r_[touch_distance, distances],
         }
@@ -137,6 +176,7 @@ def measure_store(
     h5ad: str | Path | None = None,
     steinbock_dir: str | Path | None = None,
     connectivity: int = 1,
+    neighbours: str = "centroids",
     overwrite: bool = False,
     config: dict[str, Any] | None = None,
     image_store: str | Path | None = None,
@@ -159,7 +199,8 @@ def measure_store(
     table_name : str
         Name of the table under ``tables/``.
     distance_um : float
-        Largest centroid distance (um) of the distance neighbour graph.
+        Largest distance (um) of the distance neighbour graph: between
+        centroids, or between borders with ``neighbours="borders"``.
     outputs : sequence of {"anndata", "parquet"}
         ``anndata``: ``<store>/tables/<table_name>`` (SpatialData layout);
         ``parquet``: ``<store>/tables/<table_name>.parquet`` (cell table) and
@@ -170,6 +211,11 @@ def measure_store(
         Also write steinbock CSVs (intensities, regionprops, neighbors) there.
     connectivity : {1, 2}
         Pixel contact rule of the touching graph (4- or 8-connectivity).
+    neighbours : {"centroids", "borders"}
+        Distance graph written to the edge table, ``obsp`` and steinbock's
+        neighbors.csv: centroid distance, or border distance (smallest
+        distance between pixel centres of two cells, steinbock's
+        ``--type borders``); see :func:`neighbour_edges`.
     overwrite : bool
         Replace existing outputs.
     config : dict, optional
@@ -188,6 +234,8 @@ def measure_store(
         raise ConfigError(f"unknown outputs {unknown}; choose from {list(OUTPUTS)}.")
     if connectivity not in (1, 2):
         raise ConfigError(f"connectivity must be 1 or 2; got {connectivity}.")
+    if neighbours not in NEIGHBOURS:
+        raise ConfigError(f"unknown neighbours {neighbours!r}; choose from {list(NEIGHBOURS)}.")
     if not distance_um > 0:
         raise ConfigError(f"neighbour distance must be > 0 um; got {distance_um}.")
     slide = open_slide(image_store or store, pixel_size_um)
@@ -211,7 +259,9 @@ def measure_store(
             if taken:
                 raise OutputExistsError(f"{planned[kind]} exists; pass --overwrite to replace it.")
     table = measure_arrays(cells, image, names, slide.pixel_size_um, nucleus_labels)
-    edges = neighbour_edges(cells, table, slide.pixel_size_um, distance_um, connectivity)
+    edges = neighbour_edges(
+        cells, table, slide.pixel_size_um, distance_um, connectivity, neighbours
+    )
     paths: dict[str, str] = {}
     if "parquet" in outputs:
         paths["parquet"] = write_parquet(table, planned["parquet"], overwrite=overwrite)
@@ -220,7 +270,9 @@ def measure_store(
         )
     adata = None
     if "anndata" in outputs or h5ad is not None:
-        adata = to_anndata(table, names, f"labels/{labels}", edges, config)
+        adata = to_anndata(
+            table, names, f"labels/{labels}", edges, config, distance_kind=_EDGE_KIND[neighbours]
+        )
     if "anndata" in outputs:
         paths["anndata"] = write_anndata_zarr(
             adata, store, table_name, region=f"labels/{labels}", overwrite=overwrite
@@ -233,7 +285,9 @@ def measure_store(
         adata.write_h5ad(target)
         paths["h5ad"] = str(target)
     if steinbock_dir is not None:
-        frames = steinbock_frames(table, names, edges, slide.pixel_size_um)
+        frames = steinbock_frames(
+            table, names, edges, slide.pixel_size_um, distance_kind=_EDGE_KIND[neighbours]
+        )
         paths.update(write_steinbock(steinbock_dir, *frames, overwrite=overwrite))
     return MeasureResult(
         paths=paths,

@@ -122,13 +122,16 @@ def to_anndata(
     region: str,
     edges: pd.DataFrame | None = None,
     uns: dict[str, Any] | None = None,
+    *,
+    distance_kind: str = "centroid",
 ) -> ad.AnnData:
     """AnnData of a cell table: X = channel means, obs = everything else.
 
     ``obs`` gets ``region`` (the label image, e.g. ``labels/cells``) and keeps
     ``cell_id``; ``obsm['spatial']`` holds centroids (x, y) in um; layers
     hold the sums and, where present, the nuclear and cytoplasm means. With
-    ``edges``: ``obsp['touching']`` (0/1) and the centroid-distance graph as
+    ``edges``: ``obsp['touching']`` (0/1) and the distance graph (edges of
+    kind ``distance_kind``: ``centroid`` or ``border``) as
     ``obsp['spatial_connectivities']`` / ``obsp['spatial_distances']`` (um),
     as squidpy names them.
     """
@@ -154,8 +157,8 @@ def to_anndata(
     if edges is not None:
         index = pd.Index(table["cell_id"].to_numpy())
         adata.obsp["touching"] = _graph(edges, "touching", index, None)
-        adata.obsp["spatial_connectivities"] = _graph(edges, "centroid", index, None)
-        adata.obsp["spatial_distances"] = _graph(edges, "centroid", index, "distance_um")
+        adata.obsp["spatial_connectivities"] = _graph(edges, distance_kind, index, None)
+        adata.obsp["spatial_distances"] = _graph(edges, distance_kind, index, "distance_um")
     if uns:
         adata.uns["config"] = dict(uns)
     return adata
@@ -166,12 +169,15 @@ def steinbock_frames(
     channel_names: Sequence[str],
     edges: pd.DataFrame,
     pixel_size_um: float,
+    *,
+    distance_kind: str = "centroid",
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Intensities, regionprops and neighbours frames in steinbock's conventions.
 
     steinbock works in px: regionprops use skimage's names (``centroid-0`` is
-    y), neighbours are the centroid-distance graph with ``Distance`` in px,
-    listed once per direction.
+    y), neighbours are the distance graph (edges of kind ``distance_kind``:
+    ``centroid`` or ``border``) with ``Distance`` in px, listed once per
+    direction.
     """
     intensities = pd.DataFrame({"Object": table["cell_id"]})
     for name in channel_names:
@@ -190,12 +196,12 @@ def steinbock_frames(
     for source, target in renames.items():
         if source in table.columns:
             regionprops[target] = table[source]
-    centroid = edges[edges["kind"] == "centroid"]
-    distance_px = centroid["distance_um"].to_numpy() / pixel_size_um
+    graph = edges[edges["kind"] == distance_kind]
+    distance_px = graph["distance_um"].to_numpy() / pixel_size_um
     neighbors = pd.DataFrame(
         {
-            "Object": np.r_[centroid["cell_a"].to_numpy(), centroid["cell_b"].to_numpy()],
-            "Neighbor": np.r_[centroid["cell_b"].to_numpy(), centroid["cell_a"].to_numpy()],
+            "Object": np.r_[graph["cell_a"].to_numpy(), graph["cell_b"].to_numpy()],
+            "Neighbor": np.r_[graph["cell_b"].to_numpy(), graph["cell_a"].to_numpy()],
             "Distance": np.r_[distance_px, distance_px],
         }
     ).sort_values(["Object", "Neighbor"], ignore_index=True)

@@ -266,6 +266,7 @@ def _measure(store: str, inputs: _Inputs, config: RunConfig, labels: dict[str, s
         pixel_size_um=inputs.pixel_size_um,
         table_name=config.outputs.table,
         distance_um=config.neighbour_distance_um,
+        neighbours=config.neighbours,
         overwrite=True,
         config=config.model_dump(mode="json"),
         image_store=inputs.slide.path,
