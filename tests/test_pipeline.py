@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import scipy.ndimage as ndi
+import zarr
 from click.testing import CliRunner
 from distributed import Client, LocalCluster
 
@@ -14,9 +16,9 @@ from tiled_seg._cli import main
 from tiled_seg.config import RunConfig
 from tiled_seg.errors import ChannelError, OutputExistsError, PixelSizeError, TileLayoutError
 from tiled_seg.evaluate import match_labels
-from tiled_seg.qc import cut_objects
 from tiled_seg.io.ngff import list_labels, read_labels, write_image
 from tiled_seg.pipeline import run
+from tiled_seg.qc import cut_objects
 from tiled_seg.synth import make_slide
 
 SIZE = 320
@@ -72,6 +74,9 @@ def test_nuclei_inside_their_cells(tmp_path, slide, client):
     assert np.array_equal(cells[inside], nuclei[inside])
     assert result.n_nuclei == np.unique(nuclei[inside]).size
     assert result.n_cells == cells.max()
+    # Labels in a separate output store link to the image they label.
+    link = zarr.open_group(output / "labels" / "cells").attrs["ome"]["image-label"]["source"]["image"]
+    assert (output / "labels" / "cells" / link).resolve() == Path(slide.path).resolve()
 
 
 def test_identical_with_one_and_two_workers(tmp_path, slide, client):

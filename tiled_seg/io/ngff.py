@@ -8,6 +8,7 @@ tested.
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ from tiled_seg.errors import (
     OutputExistsError,
     PixelSizeError,
 )
-from tiled_seg.io._fs import exists, remove_tree
+from tiled_seg.io._fs import exists, is_url, remove_tree
 
 __all__ = [
     "Slide",
@@ -585,7 +586,7 @@ def write_labels(
         da.store(level, target, lock=False)
         # Blocks of two chunks halve into one chunk each: no rechunk, no transfers.
         level = da.from_zarr(target, chunks=(2 * chunk_px, 2 * chunk_px))
-    image_label: dict[str, Any] = {"source": {"image": "../../"}}
+    image_label: dict[str, Any] = {"source": {"image": _source_link(root, store, name)}}
     if properties:
         image_label["properties"] = list(properties)
     if version == "0.4":
@@ -616,6 +617,21 @@ def find_unreadable_block(array: da.Array) -> tuple[tuple[int, int], ...] | None
         except Exception:  # any failure to load marks the block; the caller keeps the cause
             return tuple((int(e[i]), int(e[i + 1])) for e, i in zip(edges, index))
     return None
+
+
+def _source_link(root: zarr.Group, store: str, name: str) -> str:
+    """The ``image-label`` source of ``store/labels/name``: the image it labels.
+
+    Labels beside their image link to ``../../``. A separate output store
+    (``tiled-seg run --output``) records its input in the ``tiled_seg.source``
+    attribute; its labels link there, relative where both are local paths.
+    """
+    source = root.attrs.get("tiled_seg", {}).get("source")
+    if not source:
+        return "../../"
+    if is_url(source) or is_url(store):
+        return str(source)
+    return os.path.relpath(Path(source).resolve(), (Path(store) / "labels" / name).resolve())
 
 
 def read_labels(store: str | Path, name: str, level: int = 0) -> da.Array:
