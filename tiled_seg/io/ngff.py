@@ -71,10 +71,10 @@ class Slide:
     channel_names: tuple[str, ...]
     pixel_size_um: float | None
     ngff_version: str
-    level_factors: tuple[float, ...] = field(default=(1.0,))
     #: The full-resolution zarr array and its axes, for direct region reads.
-    source: zarr.Array | None = field(default=None, repr=False, compare=False)
+    source: zarr.Array = field(repr=False, compare=False)
     axes: tuple[str, ...] = ("c", "y", "x")
+    level_factors: tuple[float, ...] = field(default=(1.0,))
 
     @property
     def data(self) -> da.Array:
@@ -96,14 +96,8 @@ class Slide:
         Reads the zarr array directly (no dask graph), which is what a tile
         task needs.
         """
-        if self.source is None:
-            return np.asarray(self.data[list(channels)][:, rows, columns].compute(scheduler="synchronous"))
-        index: list[Any] = []
-        for axis in self.axes:
-            index.append({"t": 0, "z": 0, "c": list(channels), "y": rows, "x": columns}[axis])
-        if "c" not in self.axes:
-            index = [0 if i is None else i for i in index]
-        block = np.asarray(self.source.oindex[tuple(index)])
+        where = {"t": 0, "z": 0, "c": list(channels), "y": rows, "x": columns}
+        block = np.asarray(self.source.oindex[tuple(where[axis] for axis in self.axes)])
         kept = [a for a in self.axes if a not in ("t", "z")]
         if "c" not in kept:
             return block[None]
