@@ -27,6 +27,7 @@ from tiled_seg.errors import (
     PixelSizeError,
 )
 from tiled_seg.io._fs import exists, is_url, remove_tree
+from tiled_seg.io.regions import RegionReader, read_region
 
 __all__ = [
     "Slide",
@@ -34,6 +35,7 @@ __all__ = [
     "write_image",
     "write_labels",
     "read_labels",
+    "label_array",
     "list_labels",
     "pyramid_shapes",
     "check_pixel_size_um",
@@ -96,12 +98,12 @@ class Slide:
         Reads the zarr array directly (no dask graph), which is what a tile
         task needs.
         """
-        where = {"t": 0, "z": 0, "c": list(channels), "y": rows, "x": columns}
-        block = np.asarray(self.source.oindex[tuple(where[axis] for axis in self.axes)])
-        kept = [a for a in self.axes if a not in ("t", "z")]
-        if "c" not in kept:
-            return block[None]
-        return block.transpose([kept.index(a) for a in ("c", "y", "x")])
+        block = read_region(self.source, self.axes, rows, columns, channels if "c" in self.axes else None)
+        return block if "c" in self.axes else block[None]
+
+    def reader(self, channels: Sequence[int] | None = None) -> RegionReader:
+        """A picklable handle for direct region reads of ``channels`` at full resolution."""
+        return RegionReader(self.source, self.axes, None if channels is None else tuple(channels))
 
     def channel_index(self, name: str) -> int:
         """Index of channel ``name``; a :class:`ChannelError` lists the names."""
@@ -628,12 +630,17 @@ def _source_link(root: zarr.Group, store: str, name: str) -> str:
     return os.path.relpath(Path(source).resolve(), (Path(store) / "labels" / name).resolve())
 
 
-def read_labels(store: str | Path, name: str, level: int = 0) -> da.Array:
-    """Lazy ``(Y, X)`` label array ``store/labels/name`` at pyramid ``level``."""
+def label_array(store: str | Path, name: str, level: int = 0) -> zarr.Array:
+    """The zarr array of ``store/labels/name`` at pyramid ``level``, for direct reads."""
     store = str(store)
     if name not in list_labels(store):
         raise InputNotFoundError(
             f"{store} has no label image {name!r}; present: "
             f"{', '.join(list_labels(store)) or 'none'}. Run `tiled-seg run` first."
         )
-    return da.from_zarr(_open_group(store)[f"labels/{name}/{level}"])
+    return _open_group(store)[f"labels/{name}/{level}"]
+
+
+def read_labels(store: str | Path, name: str, level: int = 0) -> da.Array:
+    """Lazy ``(Y, X)`` label array ``store/labels/name`` at pyramid ``level``."""
+    return da.from_zarr(label_array(store, name, level))

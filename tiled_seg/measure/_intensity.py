@@ -16,7 +16,12 @@ import numpy as np
 __all__ = ["block_partials", "combine_partials", "empty_partials"]
 
 #: Keys whose values are summed when partials merge; box corners take min / max.
-_SUM_KEYS = ("count", "sum", "sum_y", "sum_x", "nuc_count", "nuc_sum")
+#: Coordinate sums (``sum_y`` ... ``sum_xy``) are int64 and exact, so the
+#: central moments derived from them do not depend on how blocks were cut.
+_SUM_KEYS = (
+    "count", "sum", "sum_y", "sum_x", "sum_yy", "sum_xx", "sum_xy", "perimeter",
+    "nuc_count", "nuc_sum",
+)
 _MIN_KEYS = ("min_y", "min_x")
 
 
@@ -42,8 +47,11 @@ def empty_partials(n_channels: int, with_nuclei: bool) -> dict[str, np.ndarray]:
         "label": np.zeros(0, np.int64),
         "count": np.zeros(0, np.int64),
         "sum": np.zeros((0, n_channels)),
-        "sum_y": np.zeros(0),
-        "sum_x": np.zeros(0),
+        "sum_y": np.zeros(0, np.int64),
+        "sum_x": np.zeros(0, np.int64),
+        "sum_yy": np.zeros(0, np.int64),
+        "sum_xx": np.zeros(0, np.int64),
+        "sum_xy": np.zeros(0, np.int64),
         "min_y": np.zeros(0, np.int64),
         "min_x": np.zeros(0, np.int64),
         "max_y": np.zeros(0, np.int64),
@@ -79,8 +87,9 @@ def block_partials(
     -------
     dict of ndarray
         One row per cell id present: ``label``, ``count`` (px), ``sum``
-        ``(n, C)``, ``sum_y`` / ``sum_x`` (sums of global pixel coordinates),
-        ``min_y`` / ``min_x`` (inclusive) and ``max_y`` / ``max_x``
+        ``(n, C)``, ``sum_y`` / ``sum_x`` and ``sum_yy`` / ``sum_xx`` /
+        ``sum_xy`` (int64 sums of global pixel coordinates and of their
+        products, px and px**2), ``min_y`` / ``min_x`` (inclusive) and ``max_y`` / ``max_x``
         (exclusive) box corners in global px. With ``nuclei``: ``nuc_count``
         and ``nuc_sum`` (the cell's pixels covered by any nucleus) and
         ``pairs``, rows ``(cell, nucleus, overlap_px)``.
@@ -98,13 +107,8 @@ def block_partials(
     rows = np.repeat(np.arange(height, dtype=np.float64), width)
     cols = np.tile(np.arange(width, dtype=np.float64), height)
     y0, x0 = origin
-    parts = {
-        "label": ids,
-        "count": count,
-        "sum": sums,
-        "sum_y": np.bincount(inverse, weights=rows, minlength=n) + y0 * count,
-        "sum_x": np.bincount(inverse, weights=cols, minlength=n) + x0 * count,
-    }
+    parts = {"label": ids, "count": count, "sum": sums}
+    parts.update(_coordinate_sums(inverse, n, rows, cols, y0, x0, count))
     int_rows, int_cols = rows.astype(np.int64), cols.astype(np.int64)
     for key, values, ufunc, start, offset in (
         ("min_y", int_rows, np.minimum, height, y0),
@@ -139,6 +143,30 @@ def block_partials(
         )
     keep = ids > 0
     return {k: (v if k == "pairs" else v[keep]) for k, v in parts.items()}
+
+
+def _coordinate_sums(
+    inverse: np.ndarray, n: int, rows: np.ndarray, cols: np.ndarray, y0: int, x0: int,
+    count: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """Exact int64 sums of global coordinates and their products per label.
+
+    Sums of block-local coordinates are integers below 2**53, so float64
+    bincounts hold them exactly; they are moved to global coordinates in int64.
+    """
+    def total(weights: np.ndarray) -> np.ndarray:
+        return np.rint(np.bincount(inverse, weights=weights, minlength=n)).astype(np.int64)
+
+    sy, sx = total(rows), total(cols)
+    syy, sxx, sxy = total(rows * rows), total(cols * cols), total(rows * cols)
+    y0, x0 = np.int64(y0), np.int64(x0)
+    return {
+        "sum_y": sy + y0 * count,
+        "sum_x": sx + x0 * count,
+        "sum_yy": syy + 2 * y0 * sy + y0 * y0 * count,
+        "sum_xx": sxx + 2 * x0 * sx + x0 * x0 * count,
+        "sum_xy": sxy + y0 * sx + x0 * sy + y0 * x0 * count,
+    }
 
 
 def _runs(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -256,7 +256,9 @@ def _expand(store: str, inputs: _Inputs, radius_um: float) -> str:
     return f"{store}/labels/{out_names['cells']}"
 
 
-def _measure(store: str, inputs: _Inputs, config: RunConfig, labels: dict[str, str]) -> dict[str, str]:
+def _measure(
+    store: str, inputs: _Inputs, config: RunConfig, labels: dict[str, str], progress: Progress | None
+) -> dict[str, str]:
     """Measure every cell into the output tables; returns their paths by name."""
     out_names = inputs.out_names
     measured = measure_store(
@@ -267,9 +269,11 @@ def _measure(store: str, inputs: _Inputs, config: RunConfig, labels: dict[str, s
         table_name=config.outputs.table,
         distance_um=config.neighbour_distance_um,
         neighbours=config.neighbours,
+        morphology=config.morphology,
         overwrite=True,
         config=config.model_dump(mode="json"),
         image_store=inputs.slide.path,
+        progress=progress,
     )
     return dict(measured.paths)
 
@@ -361,7 +365,7 @@ def run(
         tables: dict[str, str] = {}
         if config.measure and "cells" in labels:
             with _timed(timings, "measure"):
-                tables = _measure(store, inputs, config, labels)
+                tables = _measure(store, inputs, config, labels, progress)
         result = RunResult(
             store=str(store),
             labels=labels,
