@@ -15,9 +15,11 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence, TypeVar
 
 import dask
+import dask.array as da
+import numpy as np
 from dask.delayed import Delayed
 
-__all__ = ["FAN_IN", "Progress", "compute_blocks", "tree_reduce"]
+__all__ = ["FAN_IN", "Progress", "compute_blocks", "store_blocks", "tree_reduce"]
 
 #: Called as ``progress(stage, done, total)`` while a stage's tasks finish.
 Progress = Callable[[str, int, int], None]
@@ -85,3 +87,40 @@ def compute_blocks(
     for done, _ in enumerate(as_completed(leaf_futures), start=1):
         progress(stage, done, total)
     return root_future.result()
+
+
+def _store_block(block: np.ndarray, target: Any, where: tuple[slice, ...]) -> int:
+    target[where] = block
+    return 0
+
+
+def _count(parts: list[int]) -> int:
+    return sum(parts)
+
+
+def store_blocks(
+    array: da.Array, target: Any, stage: str, progress: Progress | None = None,
+    done: int = 0, total: int | None = None,
+) -> int:
+    """Write ``array`` into ``target`` (e.g. a zarr array), one task per dask block.
+
+    Each task computes its block and writes it itself, so blocks never travel
+    to the caller; blocks should cover whole chunks of ``target``.
+    ``progress(stage, done + finished, total)`` is reported as blocks are
+    written, so several calls can share one count.
+
+    Returns
+    -------
+    int
+        ``done`` plus the number of blocks written.
+    """
+    edges = [np.cumsum((0, *sizes)) for sizes in array.chunks]
+    task = dask.delayed(_store_block, pure=False)
+    leaves = []
+    for index, block in zip(np.ndindex(*array.numblocks), array.to_delayed().ravel()):
+        where = tuple(slice(int(e[i]), int(e[i + 1])) for e, i in zip(edges, index))
+        leaves.append(task(block, target, where))
+    total = done + len(leaves) if total is None else total
+    offset = None if progress is None else (lambda s, n, _: progress(s, done + n, total))
+    compute_blocks(leaves, tree_reduce(leaves, _count), stage, offset)
+    return done + len(leaves)

@@ -23,12 +23,17 @@ from numbers import Integral
 
 from tiled_seg.errors import TileLayoutError
 
-__all__ = ["Box", "Tile", "TileGrid", "plan_tiles", "plan_blocks", "BLOCK_PX"]
+__all__ = ["Box", "Tile", "TileGrid", "plan_tiles", "plan_blocks", "BLOCK_PX", "DEFAULT_CHUNK_PX"]
 
 #: Default block side (px) of the non-model stages (measurement, expansion,
 #: label writes): large enough that one task's read costs more than its
 #: scheduling, small enough that a block of 40 channels fits a worker.
 BLOCK_PX = 1024
+
+#: Default zarr chunk side (px) of the images and labels tiled_seg writes;
+#: chosen by ``benchmarks/bench_chunks.py`` (README, Performance): one channel
+#: per chunk, 512 x 512 px, reads blocks and single-channel tiles fastest.
+DEFAULT_CHUNK_PX = 512
 
 
 @dataclass(frozen=True)

@@ -77,11 +77,14 @@ class RegionReader:
         Axis names of ``array`` (``("y", "x")`` for labels).
     channels : tuple of int or None
         Channels read (default all); only with a ``c`` axis.
+    image : bool
+        Read ``(C, Y, X)`` even where ``array`` has no ``c`` axis (one channel).
     """
 
     array: Any
     axes: tuple[str, ...] = ("y", "x")
     channels: tuple[int, ...] | None = None
+    image: bool = False
 
     @property
     def shape_yx(self) -> tuple[int, int]:
@@ -101,4 +104,5 @@ class RegionReader:
 
     def read(self, box: Box) -> np.ndarray:
         """The pixels of ``box``: ``(C, Y, X)`` for images, ``(Y, X)`` for labels."""
-        return read_region(self.array, self.axes, *box.slices, channels=self.channels)
+        block = read_region(self.array, self.axes, *box.slices, channels=self.channels)
+        return block[None] if self.image and block.ndim == 2 else block

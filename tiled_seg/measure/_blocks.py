@@ -128,14 +128,11 @@ def measure_block(
 def measure_block_task(job: MeasureJob, block: Box) -> BlockMeasurements:
     """Read one block (labels with the job's halo, image, nuclei) and measure it."""
     window = block.grow(job.halo_px, job.labels.shape_yx)
-    image = job.image.read(block)
-    if image.ndim == 2:
-        image = image[None]
     return measure_block(
         job.labels.read(window),
         block.relative_to(window),
         (window.y0, window.x0),
-        image,
+        job.image.read(block),
         None if job.nuclei is None else job.nuclei.read(block),
         connectivity=job.connectivity,
         border_dmax_px=job.border_dmax_px,
