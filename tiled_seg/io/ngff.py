@@ -655,6 +655,13 @@ def label_array(store: str | Path, name: str, level: int = 0) -> zarr.Array:
     return _open_group(store)[f"labels/{name}/{level}"]
 
 
-def read_labels(store: str | Path, name: str, level: int = 0) -> da.Array:
-    """Lazy ``(Y, X)`` label array ``store/labels/name`` at pyramid ``level``."""
-    return da.from_zarr(label_array(store, name, level))
+def read_labels(store: str | Path, name: str, level: int = 0, block_px: int | None = None) -> da.Array:
+    """Lazy ``(Y, X)`` label array ``store/labels/name`` at pyramid ``level``.
+
+    With ``block_px``, each dask block is about ``block_px`` of whole zarr
+    chunks, read with one zarr call (one task per block, not per chunk).
+    """
+    array = label_array(store, name, level)
+    if block_px is None:
+        return da.from_zarr(array)
+    return da.from_zarr(array, chunks=tuple(max(block_px // c, 1) * c for c in array.chunks))
