@@ -31,6 +31,7 @@ import math
 import numpy as np
 from skimage.measure import label, regionprops
 
+from tiled_seg.measure._intensity import group_ids
 from tiled_seg.tiling import Box
 
 __all__ = [
@@ -119,9 +120,10 @@ def perimeter_partials(labels: np.ndarray, core: Box) -> tuple[np.ndarray, np.nd
         same = _shifted(border_padded, dy, dx, core) & (_shifted(padded, dy, dx, core) == own)
         code += weight * same
     ids = own[own_border].astype(np.int64)
-    weights = _PERIMETER_WEIGHTS[code[own_border]]
-    unique, inverse = np.unique(ids, return_inverse=True)
-    return unique, np.bincount(inverse.ravel(), weights=weights, minlength=unique.size)
+    if ids.size == 0:
+        return ids, np.zeros(0)
+    unique, inverse = group_ids(ids)
+    return unique, np.bincount(inverse, weights=_PERIMETER_WEIGHTS[code[own_border]], minlength=unique.size)
 
 
 def moment_features(sums: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
