@@ -30,6 +30,7 @@ __all__ = [
     "kubernetes_spec",
     "gpu_resources",
     "count_gpus",
+    "count_accelerators",
     "dashboard_link",
 ]
 
@@ -247,6 +248,11 @@ def _worker_resources(client: Client) -> list[dict[str, float]]:
     return [dict(info.get("resources") or {}) for info in workers.values()]
 
 
+def count_accelerators(client: Client) -> int:
+    """Workers of ``client`` that advertise the ``GPU`` resource."""
+    return sum(1 for res in _worker_resources(client) if res.get(GPU, 0) >= 1)
+
+
 def gpu_resources(client: Client, backend_uses_gpu: bool) -> dict[str, float] | None:
     """Task resources for segmentation: ``{"GPU": 1}`` or None.
 
@@ -256,6 +262,6 @@ def gpu_resources(client: Client, backend_uses_gpu: bool) -> dict[str, float] | 
     """
     if not backend_uses_gpu:
         return None
-    if any(res.get(GPU, 0) >= 1 for res in _worker_resources(client)):
+    if count_accelerators(client):
         return {GPU: 1}
     return None
