@@ -107,6 +107,8 @@ class OnnxOptions(BackendOptions):
     batch_size: int = Field(1, gt=0)
     #: onnxruntime execution providers; None: CUDA when available, else CPU.
     providers: list[str] | None = None
+    #: CPU threads of one inference call; None: onnxruntime's default (all cores).
+    intra_op_threads: int | None = Field(None, gt=0)
     #: Check the weights' sha256 against the description when loading.
     verify_sha256: bool = True
 
@@ -403,8 +405,11 @@ class OnnxSegmenter(Segmenter):
                 providers = options.providers or [
                     p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available
                 ]
+                settings = onnxruntime.SessionOptions()
+                if options.intra_op_threads:
+                    settings.intra_op_num_threads = options.intra_op_threads
                 self._session = onnxruntime.InferenceSession(
-                    str(description.weights), providers=providers
+                    str(description.weights), sess_options=settings, providers=providers
                 )
                 self._description = description
                 with _loads_lock:
