@@ -178,6 +178,8 @@ def measure(client: Client, slide: str, config: RunConfig, out: Path, gpu: bool)
         "segment_wall_s": round(wall, 3),
         "predict_s": round(predict_s, 3),
         "model_only_s": round(model_only, 3),
+        # > 1 where the network ran slower in the run than alone (CPU stages sharing its cores).
+        "predict_slowdown": round(predict_s / model_only, 3),
         "occupancy": round(predict_s / wall / max(len(accelerators), 1), 3),
         "end_to_end_over_model_only": round(model_only / wall, 3),
         "tiles_per_s": round(len(tiles) / wall, 3),

@@ -134,7 +134,7 @@ def accelerator_cluster(cpu_workers: int, *, cpu_threads: int = 1, processes: bo
     }
     for i in range(cpu_workers):
         workers[f"cpu-{i}"] = {"cls": kind, "options": {"nthreads": cpu_threads, **common}}
-    scheduler = {"cls": Scheduler, "options": {"dashboard_address": None}}
+    scheduler = {"cls": Scheduler, "options": {"dashboard": False}}
     return SpecCluster(workers=workers, scheduler=scheduler)
 
 

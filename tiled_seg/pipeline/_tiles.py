@@ -1,9 +1,14 @@
-"""Per-tile code: the worker task that segments one tile, and the layer that submits them.
+"""Per-tile code: the worker tasks that segment tiles, and the layer that submits them.
 
-:func:`segment_tile` runs inside one tile task on a worker: it reads the
-slide and writes the scratch zarr itself, so only a small
-:class:`TileResult` (label ids, timing) goes back through the scheduler.
-:func:`segment_tiles` submits those tasks and collects the results.
+A backend without a predict stage runs in one task per tile
+(:func:`segment_tile`). A staged backend runs :func:`prepare_tile` (CPU),
+:func:`predict_batch` (the network, routed to ``GPU`` workers, on the
+windows of one or more tiles) and :func:`finish_tile` (CPU: postprocess,
+scratch). Tasks read the slide and write the scratch zarr themselves; only a
+small :class:`TileResult` (label ids, timing) comes back to the client.
+Prepared windows and network outputs move between workers directly, and at
+most a bounded number of tiles is in flight per accelerator.
+:func:`segment_tiles` submits the tasks and collects the results.
 """
 
 from __future__ import annotations
@@ -325,7 +330,8 @@ def _run_staged(
     group = max(schedule.tiles_per_predict, 1)
     waiting = list(reversed(tiles))
     ready: list[tuple[Tile, Future]] = []
-    futures: list[Future] = []
+    # Only unfinished tasks are held, so a finished tile's data is released.
+    live: dict[str, Future] = {}
     role: dict[str, tuple[str, Tile | None]] = {}
     in_flight = 0
     preparing = 0
@@ -334,7 +340,7 @@ def _run_staged(
     def submit(kind: str, tile: Tile | None, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Future:
         future = client.submit(function, *args, pure=False, **kwargs)
         role[future.key] = (kind, tile)
-        futures.append(future)
+        live[future.key] = future
         completed.add(future)
         return future
 
@@ -361,8 +367,10 @@ def _run_staged(
     try:
         for future in completed:
             kind, tile = role.pop(future.key)
+            del live[future.key]
+            if future.status == "error":
+                future.result()  # raises the task's error; its data stays on the workers otherwise
             if kind == "prepare":
-                future.result()  # raises a failed prepare here
                 preparing -= 1
                 ready.append((cast(Tile, tile), future))
                 launch(force=preparing == 0)
@@ -370,8 +378,6 @@ def _run_staged(
                 in_flight -= 1
                 finished(future.result())
                 feed()
-            else:
-                future.result()
     except BaseException:
-        client.cancel(futures)
+        client.cancel(list(live.values()) + [p for _, p in ready])
         raise
