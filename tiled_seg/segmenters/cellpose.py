@@ -25,6 +25,15 @@ Nuclei: with ``compartment="both"`` a second model (``nuclear_model``, default
 ``nuclei``; for Cellpose 4 the same ``cpsam`` model on the nuclear channel)
 segments nuclei, which are linked to cells by maximum overlap.
 
+Stages (Cellpose 3): ``prepare`` runs ``CellposeModel.eval``'s own input
+steps (channel conversion, optional normalisation, rescale to the model's
+diameter, padding, 224 px tiles with 10 % overlap), ``predict`` runs only
+the network on batches of those tiles (which may mix tiles of the slide) and
+``postprocess`` averages the tiles, resizes back and runs the flow dynamics
+on the CPU; the labels equal ``eval``'s on the CPU. (On a GPU ``eval`` runs
+the dynamics on the GPU, so its labels may differ from the staged ones in
+rare pixels.) Cellpose 4 runs through its one-call ``eval``.
+
 Only Cellpose 3.1 is tested here (random weights, CPU); the Cellpose 4 path
 follows its documented API but has not been run.
 """

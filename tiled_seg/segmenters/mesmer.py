@@ -17,6 +17,9 @@ Two routes, chosen by the option ``use_deepcell_package`` ("auto", true, false):
   thresholded interior (peaks >= ``maxima_threshold``, interior >
   ``interior_threshold``, objects under ``min_object_px`` removed, holes filled)
   and resized back to the tile's shape by nearest neighbour.
+  In the pipeline these are three stages: ``prepare`` (rescale, normalise,
+  CLAHE, windows), ``predict`` (the network on window batches) and
+  ``postprocess`` (assembly, deep watershed, resize).
 * **DeepCell route** (Python 3.10 with ``deepcell`` installed):
   ``deepcell.applications.Mesmer(model).predict(...)`` with the same model and
   thresholds. Without a local model DeepCell downloads one itself, which needs
