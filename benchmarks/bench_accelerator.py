@@ -39,7 +39,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import zarr
 from distributed import Client, get_task_stream
 

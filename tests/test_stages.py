@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -165,11 +164,11 @@ def test_cellpose3_staged_equals_one_call(accelerator_client, tmp_path, monkeypa
     assert cellpose.model_loads() - before <= 1
 
 
-def test_mesmer_staged_equals_one_call(accelerator_client, slide, tmp_path, monkeypatch, mesmer_tiny) -> None:
+def test_mesmer_staged_equals_one_call(accelerator_client, slide, tmp_path, monkeypatch, map_model) -> None:
     from tiled_seg.segmenters import mesmer
 
     before = mesmer.model_loads()
-    options = {"model_path": str(mesmer_tiny), "use_deepcell_package": False, "window_px": 64}
+    options = {"model_path": str(map_model), "use_deepcell_package": False, "window_px": 64}
     staged, one_call = _staged_and_one_call(accelerator_client, slide, tmp_path, monkeypatch, "mesmer", options)
     _assert_same(staged, one_call, at_least=1)
     assert mesmer.model_loads() - before <= 1
@@ -193,20 +192,6 @@ def cellpose_weights(tmp_path_factory: pytest.TempPathFactory) -> str:
     path = tmp_path_factory.mktemp("cellpose") / "random_cp3.pth"
     net.save_model(str(path))
     return str(path)
-
-
-@pytest.fixture(scope="module")
-def mesmer_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small Keras model with Mesmer's input and four named heads (as tests/test_mesmer.py)."""
-    tf_keras = pytest.importorskip("tf_keras")
-    inputs = tf_keras.Input((None, None, 2))
-    hidden = tf_keras.layers.Conv2D(4, 3, padding="same", activation="relu")(inputs)
-    heads = [("semantic_0", 1, "relu"), ("semantic_1", 3, "softmax"),
-             ("semantic_2", 1, "relu"), ("semantic_3", 3, "softmax")]
-    outputs = [tf_keras.layers.Conv2D(k, 1, activation=a, name=n)(hidden) for n, k, a in heads]
-    path = tmp_path_factory.mktemp("mesmer") / "MultiplexSegmentation"
-    tf_keras.Model(inputs, outputs).save(str(path), save_format="tf")
-    return path
 
 
 def _blank_right_half(path: str) -> None:

@@ -188,7 +188,9 @@ def _stats_level(slide: Slide, config: RunConfig) -> int:
     return level_index
 
 
-def _slide_stats(inputs: _Inputs, level_index: int, config: RunConfig) -> SlideStats:
+def _slide_stats(
+    inputs: _Inputs, level_index: int, config: RunConfig, progress: Progress | None
+) -> SlideStats:
     """Slide-wide statistics; a damaged chunk is named in a :class:`CorruptChunkError`."""
     slide = inputs.slide
     level = slide.levels[level_index]
@@ -201,6 +203,7 @@ def _slide_stats(inputs: _Inputs, level_index: int, config: RunConfig) -> SlideS
             low_percentile=config.normalization.low_percentile,
             high_percentile=config.normalization.high_percentile,
             level_index=level_index,
+            progress=progress,
         )
     except Exception as error:  # codecs and stores raise many types; diagnose, else re-raise
         panel = level[[slide.channel_index(name) for name in inputs.channels]]
@@ -394,7 +397,7 @@ def run(
                                  inputs.written_names, config, overwrite=overwrite,
                                  resume=resume, input_key=plan.input_key)
         with _timed(timings, "stats"):
-            stats = _slide_stats(inputs, plan.stats_level, config)
+            stats = _slide_stats(inputs, plan.stats_level, config, progress)
             set_status(store, {"stats": stats.to_dict()})
         scratch, done = prepare_scratch(store, plan.input_key, stats, plan.grid, plan.halo_px, resume)
         job = _tile_job(inputs, config, stats, scratch)
