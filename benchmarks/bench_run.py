@@ -13,6 +13,9 @@ measured right after in the same process, the floors:
 - ``read_zarr_s``: the whole image read by zarr in this process, one call;
 - ``dask_sum_s``: a plain dask sum of the image on the same cluster (one
   task per chunk per channel, the pattern the block tasks replace);
+- ``blocks_s``: the measure stage's block pass alone on the same cluster
+  (intensities, compartments, shape partials, touching pairs), i.e. the
+  measure stage without building and writing the tables;
 - ``rp_intensity_s``: ``regionprops_table`` (label, area, centroid,
   intensity_mean) on the loaded labels and image, one process;
 - ``rp_morphology_s``: ``regionprops_table`` (perimeter, eccentricity,
@@ -21,7 +24,7 @@ measured right after in the same process, the floors:
   the same loaded labels, one process.
 
 Ratios are the figures to read: ``measure / segment`` (goal <= 1),
-``measure / read_zarr`` (goal <= 1.5), ``our_morphology / rp_morphology``
+``measure / read_zarr`` and ``blocks / read_zarr`` (goal <= 1.5), ``our_morphology / rp_morphology``
 (goal <= 1), ``wall / segmenter`` (goal <= 2). Peak memory is the summed
 RSS of this process and its workers during the run.
 """
@@ -44,7 +47,14 @@ from bench_pipeline import PeakMemory  # noqa: E402
 from tiled_seg.cluster import connect  # noqa: E402
 from tiled_seg.config import RunConfig  # noqa: E402
 from tiled_seg.io.ngff import label_array, open_slide  # noqa: E402
-from tiled_seg.measure import block_partials, moment_features, perimeter_partials  # noqa: E402
+from tiled_seg.io.regions import RegionReader  # noqa: E402
+from tiled_seg.measure import (  # noqa: E402
+    MeasureJob,
+    block_partials,
+    measure_blocks,
+    moment_features,
+    perimeter_partials,
+)
 from tiled_seg.pipeline import run  # noqa: E402
 from tiled_seg.synth import make_slide  # noqa: E402
 from tiled_seg.tiling import Box  # noqa: E402
@@ -78,6 +88,10 @@ def bench(size: int, channels: int, workers: int, tile_px: int, folder: Path, fl
         slide = open_slide(path)
         if floors:
             row["dask_sum_s"], _ = _timed(lambda: slide.data.sum().compute())
+            row["blocks_s"], _ = _timed(lambda: measure_blocks(MeasureJob(
+                RegionReader(label_array(path, "cells")), slide.reader(),
+                RegionReader(label_array(path, "nuclei")),
+            )))
     if floors:
         row["read_zarr_s"], image = _timed(lambda: np.asarray(slide.source[...]))
         labels = np.asarray(label_array(path, "cells")[...])
@@ -90,6 +104,7 @@ def bench(size: int, channels: int, workers: int, tile_px: int, folder: Path, fl
                                 "axis_major_length", "axis_minor_length")))
         row["our_morphology_s"], _ = _timed(lambda: _our_morphology(labels))
         row["measure_over_read"] = row["measure_s"] / row["read_zarr_s"]
+        row["blocks_over_read"] = row["blocks_s"] / row["read_zarr_s"]
         row["our_over_rp_morphology"] = row["our_morphology_s"] / row["rp_morphology_s"]
     row["measure_over_segment"] = row["measure_s"] / row["segment_s"]
     row["wall_over_segmenter"] = row["wall_s"] / row["segmenter_s"]
