@@ -7,6 +7,9 @@ the problem and how to fix it.
 
 from __future__ import annotations
 
+import contextvars
+import re
+
 __all__ = [
     "TiledSegError",
     "InputNotFoundError",
@@ -22,11 +25,36 @@ __all__ = [
     "CorruptChunkError",
     "OutputNotWritableError",
     "ResumeError",
+    "RunLockedError",
+    "command_line",
 ]
+
+#: Whether errors are being shown to a command-line user (set by the CLI).
+_COMMAND_LINE = contextvars.ContextVar("tiled_seg_command_line", default=False)
+
+#: Flags named in messages and the keyword the Python API takes instead.
+#: Messages are written with the flags; a caller of the library reads the keyword.
+_KEYWORDS = {"--overwrite": "overwrite=True", "--resume": "resume=True"}
+_FLAG = re.compile("(?:" + "|".join(map(re.escape, _KEYWORDS)) + r")(?![\w-])")
+
+
+def command_line() -> contextvars.Token[bool]:
+    """Spell fixes as command-line flags from now on (the CLI calls this once)."""
+    return _COMMAND_LINE.set(True)
 
 
 class TiledSegError(ValueError):
-    """Base class of all errors raised by tiled_seg on purpose."""
+    """Base class of all errors raised by tiled_seg on purpose.
+
+    Messages name fixes as flags (``--overwrite``); outside the CLI they read
+    as the Python keyword (``overwrite=True``), so each message is written once.
+    """
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        if _COMMAND_LINE.get():
+            return text
+        return _FLAG.sub(lambda match: _KEYWORDS[match.group(0)], text)
 
 
 class InputNotFoundError(TiledSegError, FileNotFoundError):
@@ -79,3 +107,7 @@ class OutputNotWritableError(TiledSegError, PermissionError):
 
 class ResumeError(TiledSegError):
     """An interrupted run cannot be resumed with the given input and configuration."""
+
+
+class RunLockedError(TiledSegError):
+    """Another run is writing the same output store."""

@@ -368,6 +368,10 @@ class OnnxSegmenter(Segmenter):
             )
         return Path(given).expanduser()
 
+    def check_model(self) -> None:
+        """The model description must exist (it is read, the weights are not loaded)."""
+        read_description(self._model_path())
+
     def load(self) -> tuple[Any, ModelDescription]:
         """The ONNX session and the model description, loaded once per instance."""
         global _loads
