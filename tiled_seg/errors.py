@@ -7,8 +7,10 @@ the problem and how to fix it.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import re
+from typing import Iterator
 
 __all__ = [
     "TiledSegError",
@@ -38,9 +40,14 @@ _KEYWORDS = {"--overwrite": "overwrite=True", "--resume": "resume=True"}
 _FLAG = re.compile("(?:" + "|".join(map(re.escape, _KEYWORDS)) + r")(?![\w-])")
 
 
-def command_line() -> contextvars.Token[bool]:
-    """Spell fixes as command-line flags from now on (the CLI calls this once)."""
-    return _COMMAND_LINE.set(True)
+@contextlib.contextmanager
+def command_line() -> Iterator[None]:
+    """Spell fixes as command-line flags inside the block (the CLI runs each verb in one)."""
+    token = _COMMAND_LINE.set(True)
+    try:
+        yield
+    finally:
+        _COMMAND_LINE.reset(token)
 
 
 class TiledSegError(ValueError):

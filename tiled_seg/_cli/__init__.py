@@ -25,7 +25,7 @@ def _os_error_line(error: OSError) -> str:
     where = f" {error.filename}" if error.filename else ""
     return (
         f"cannot access{where} ({error.strerror or error}); check that the path exists and "
-        "that its disk is writable, or write elsewhere (--output)."
+        "that its disk is writable, or write somewhere else."
     )
 
 
@@ -104,7 +104,7 @@ def main(context: click.Context, verbose: bool) -> None:
     """Seam-free single-cell segmentation of whole-slide multiplexed images."""
     from tiled_seg._cli._quiet import quiet
 
-    command_line()
+    context.with_resource(command_line())
     context.meta["verbose"] = verbose
     if not verbose:
         quiet()

@@ -19,17 +19,25 @@ from typing import Iterator
 
 __all__ = ["quiet", "workers_ignore_interrupts"]
 
-#: dask's environment form of ``logging: {distributed: error}``.
+#: dask's environment form of ``logging: {distributed: critical}``: a worker logs
+#: a failed task as an error, which the CLI reports anyway.
 _DASK_LOGGING = "DASK_LOGGING__DISTRIBUTED"
 
 
 def quiet() -> None:
-    """Hide dask's info and warning logs and zarr's warnings, here and in workers."""
-    os.environ.setdefault(_DASK_LOGGING, "error")
+    """Hide dask's log messages and zarr's warnings, here and in workers; one-line warnings."""
+    os.environ.setdefault(_DASK_LOGGING, "critical")
     logging.getLogger("distributed").setLevel(os.environ[_DASK_LOGGING].upper())
     warnings.filterwarnings("ignore", module=r"zarr(\.|$)")
     # Raised inside zarr but attributed to its caller's module by the stack level.
     warnings.filterwarnings("ignore", message=r"Consolidated metadata")
+    warnings.formatwarning = _one_line
+
+
+def _one_line(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+              line: str | None = None) -> str:
+    """A warning as the one line a user reads (``--verbose`` shows where it came from)."""
+    return f"Warning: {message}\n"
 
 
 @contextlib.contextmanager

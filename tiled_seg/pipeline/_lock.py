@@ -88,16 +88,24 @@ def _create(path: str, text: str) -> None:
             raise FileExistsError(path)
         fs.pipe_file(inner, text.encode())
         return
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(Path(path), "x") as handle:
         handle.write(text)
 
 
 def _acquire(path: str, record: str) -> None:
+    """Create the lock; FileExistsError when it exists, OutputNotWritableError when it cannot."""
     try:
+        if not is_url(path):
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
         _create(path, record)
     except FileExistsError:
-        raise
+        if Path(path).parent.is_dir() or is_url(path):
+            raise
+        error: OSError = NotADirectoryError(f"{Path(path).parent} is a file")
+        raise OutputNotWritableError(
+            f"cannot create the run lock {path} ({error}); choose a writable --output. "
+            "The input was not modified."
+        ) from None
     except OSError as error:
         raise OutputNotWritableError(
             f"cannot create the run lock {path} ({error.strerror or error}); choose a "

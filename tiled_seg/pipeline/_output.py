@@ -99,6 +99,11 @@ def _check_writable(store: str) -> None:
     path = Path(store).absolute()
     while not path.exists() and path != path.parent:
         path = path.parent
+    if path != Path(store).absolute() and not path.is_dir():
+        raise OutputNotWritableError(
+            f"cannot write the output {store} ({path} is a file, not a folder); choose a "
+            "writable --output. The input was not modified."
+        )
     if not os.access(path, os.W_OK):
         raise OutputNotWritableError(
             f"cannot write the output {store} ({path} is not writable); choose a writable "
