@@ -64,7 +64,6 @@ class Plan:
     input_key: str
 
 
-
 def configured_backend(config: RunConfig) -> Segmenter:
     """The configured backend with its options validated; the model is not loaded.
 
