@@ -405,3 +405,45 @@ def test_backend_failing_in_a_worker_is_one_line(tmp_path, slide):
     assert "Worker process still alive" not in err
     state = zarr.open_group(output, mode="r").attrs["tiled_seg"]
     assert state["status"] == "failed" and "probe failed" in state["error"]
+
+
+# --- flags ----------------------------------------------------------------------------
+
+
+def test_flags_build_the_config(tmp_path):
+    from tiled_seg._cli.run import build_config
+
+    config = build_config(None, backend="onnx", model="m/bioimageio.yaml",
+                          settings=("backend.options.threshold=0.3", "tiling.tile_px=256"),
+                          **{"compartment": "nuclear", "panel.nuclear": ("DNA1", "DNA2"),
+                             "panel.membrane": (), "tiling.tile_px": 128})
+    assert config.backend.name == "onnx"
+    assert config.backend.options == {"model": "m/bioimageio.yaml", "threshold": 0.3}
+    assert config.compartment == "nuclear" and config.panel.nuclear == ("DNA1", "DNA2")
+    assert config.panel.membrane == () and config.tiling.tile_px == 256  # --set wins
+    cellpose = build_config(None, backend="cellpose", model="w.pt")
+    assert cellpose.backend.options == {"pretrained_model": "w.pt"}
+    mesmer = build_config(None, settings=("backend.name=mesmer",), model="saved")
+    assert mesmer.backend.name == "mesmer" and mesmer.backend.options == {"model_path": "saved"}
+
+
+def test_info_shows_the_chunk_size(slide):
+    result = CliRunner().invoke(main, ["info", str(slide.path)])
+    assert result.exit_code == 0 and f"chunk (YX):   {CHUNK} x {CHUNK} px" in result.output
+
+
+def test_run_h5ad_and_the_nuclear_only_note(tmp_path, slide, client):
+    address = client.scheduler.address
+    h5ad = tmp_path / "cells.h5ad"
+    done = CliRunner().invoke(main, [
+        "run", str(slide.path), "--output", str(tmp_path / "out.zarr"), "--tile-px", "64",
+        "--scheduler", address, "--h5ad", str(h5ad)])
+    assert done.exit_code == 0, done.output
+    import anndata
+
+    assert anndata.read_h5ad(h5ad).n_obs > 0
+    nuclear = CliRunner().invoke(main, [
+        "run", str(slide.path), "--output", str(tmp_path / "nuclei.zarr"), "--tile-px", "64",
+        "--scheduler", address, "--compartment", "nuclear"])
+    assert nuclear.exit_code == 0, nuclear.output
+    assert "note: no single-cell table" in nuclear.output and "expand_nuclei_um" in nuclear.output
