@@ -277,8 +277,10 @@ def run(
         try:
             result = _stages(store, inputs, plan, config, client, progress, resume, timings, h5ad)
         except Exception as error:
-            # An interrupt (KeyboardInterrupt) stays "running": that run resumes.
-            mark_failed(store, error)
+            # An interrupt (KeyboardInterrupt) stays "running": that run resumes. A store
+            # that cannot take the record (a full disk) must not hide the error itself.
+            with contextlib.suppress(OSError):
+                mark_failed(store, error)
             raise
     return result
 
