@@ -268,9 +268,9 @@ class RunConfig(_Section):
         """
         if name is None or name == self.backend.name:
             return self, {}
-        dropped = dict(self.backend.options)
-        switched = self.model_copy(update={"backend": BackendConfig(name=name)})
-        return _validate(switched.model_dump(), "overrides"), dropped
+        data = self.model_dump()
+        data["backend"] = {"name": name, "options": {}}
+        return _validate(data, "overrides"), dict(self.backend.options)
 
 
 def validation_problems(error: ValidationError, prefix: str = "") -> str:
