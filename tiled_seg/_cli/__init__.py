@@ -7,6 +7,7 @@ argument errors answer without loading dask, zarr or the backends.
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from typing import Any, Callable
 
@@ -50,6 +51,10 @@ def catch_errors(command: Callable[..., Any]) -> Callable[..., Any]:
                     else "run the command again (add --overwrite if it says so)")
             click.echo(f"interrupted; {hint}.", err=True)
             sys.exit(INTERRUPTED)
+        except BrokenPipeError:
+            # The reader of our output went away (`| head`): nothing to report.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(1)
         except OSError as error:
             if _verbose():
                 raise

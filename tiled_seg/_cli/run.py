@@ -125,7 +125,6 @@ def run_command(slides, config_path, output, tile_px, halo_um, backend, model, c
     the others go on (exit code 1 when any failed).
     """
     from tiled_seg.errors import ConfigError
-    from tiled_seg.pipeline import check_run, configured_backend
 
     config = build_config(config_path, backend=backend, model=model, settings=settings, **{
         "tiling.tile_px": tile_px,
@@ -141,6 +140,8 @@ def run_command(slides, config_path, output, tile_px, halo_um, backend, model, c
                           "`tiled-seg measure STORE --h5ad FILE` per output store.")
     # Every mistake found here costs seconds; after the cluster starts it costs its start-up,
     # so neither the cluster nor the batch machinery is imported before.
+    from tiled_seg.pipeline import check_run, configured_backend
+
     if single:
         check_run(slides[0], config, output=output, overwrite=overwrite, resume=resume, h5ad=h5ad)
     else:
