@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import click
 import numpy as np
 import pytest
 import zarr
@@ -243,8 +244,11 @@ def test_choices_match_the_library():
     from tiled_seg._cli.measure import measure_cmd
     from tiled_seg.measure._store import NEIGHBOURS
 
-    option = next(p for p in measure_cmd.params if p.name == "neighbours")
-    assert tuple(option.type.choices) == NEIGHBOURS
+    from tiled_seg.measure._morphology import MORPHOLOGIES
+
+    choices = {p.name: tuple(p.type.choices) for p in measure_cmd.params
+               if isinstance(p.type, click.Choice)}
+    assert choices["neighbours"] == NEIGHBOURS and choices["morphology"] == MORPHOLOGIES
 
 
 def test_old_flag_names_still_work(tmp_path, slide):

@@ -15,6 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from tiled_seg.coexpression import DEFAULT_EXCLUSIVE_PAIRS
 from tiled_seg.errors import ConfigError
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "SlurmConfig",
     "KubernetesConfig",
     "ClusterConfig",
+    "QCConfig",
     "RunConfig",
     "load_config",
     "parse_setting",
@@ -106,6 +108,12 @@ class TilingConfig(_Section):
     #: Stitching accepts a match when the overlap covers this fraction of the
     #: smaller of the two labels inside the shared region.
     min_overlap: float = Field(0.5, gt=0, le=1)
+    #: Skip tiles without tissue (a mask from a coarse pyramid level): no
+    #: segmentation, no labels; the run summary counts them as skipped_tiles.
+    skip_empty: bool = True
+    #: A coarse pixel is tissue where the nuclear or membrane input exceeds
+    #: this fraction of its slide-wide Otsu threshold.
+    tissue_fraction: float = Field(0.25, gt=0, le=1)
 
     @field_validator("halo_um", mode="before")
     @classmethod
@@ -192,7 +200,15 @@ class ClusterConfig(_Section):
     #: Local worker processes; null: one per core (local) or per GPU (local-cuda).
     workers: int | None = Field(None, gt=0)
     threads_per_worker: int = Field(1, gt=0)
+    #: Threads per local-cuda worker: one runs the GPU's predict tasks, the
+    #: others prepare and postprocess tiles; null: this machine's cores per GPU.
+    gpu_worker_threads: int | None = Field(None, gt=0)
     memory_limit: str = "auto"
+    #: Prepared tiles whose model windows one predict task runs together.
+    tiles_per_predict: int = Field(1, gt=0)
+    #: Most tiles in flight (prepared, predicted or postprocessing) per GPU,
+    #: which bounds the memory held for them; null: the cluster's threads + 2.
+    in_flight_tiles: int | None = Field(None, gt=0)
     slurm: SlurmConfig = SlurmConfig()
     kubernetes: KubernetesConfig = KubernetesConfig()
 
@@ -201,6 +217,37 @@ class ClusterConfig(_Section):
         if self.kind == "address" and not self.address:
             raise ValueError("cluster.kind address needs cluster.address (e.g. tcp://host:8786)")
         return self
+
+
+def _pair(value: Any) -> Any:
+    """``"A/B"`` to ``("A", "B")``; other forms are left to the type check."""
+    if isinstance(value, str):
+        parts = tuple(p.strip() for p in value.split("/"))
+        if len(parts) != 2 or not all(parts):
+            raise ValueError(f"exclusive pair {value!r} must be two markers, as A/B or [A, B]")
+        return parts
+    return value
+
+
+class QCConfig(_Section):
+    """Quality control at the end of every measured run (the summary's ``qc``)."""
+
+    enabled: bool = True
+    #: Mutually exclusive markers (``A/B`` or ``[A, B]``, channel names or
+    #: MIBItiff base names such as ``CD3`` for ``CD3 (159)``); pairs whose
+    #: markers the slide lacks are skipped and listed as such.
+    exclusive_pairs: tuple[tuple[str, str], ...] = DEFAULT_EXCLUSIVE_PAIRS
+    #: Positivity threshold per marker from the cell means: Otsu of log1p,
+    #: or a percentile.
+    threshold: Literal["otsu", "percentile"] = "otsu"
+    percentile: float = Field(90.0, ge=0, le=100)
+    #: Side (um) of the square bins of the density summary.
+    density_bin_um: float = Field(100.0, gt=0)
+
+    @field_validator("exclusive_pairs", mode="before")
+    @classmethod
+    def _parse_pairs(cls, value: Any) -> Any:
+        return [_pair(v) for v in value] if isinstance(value, (list, tuple)) else value
 
 
 class RunConfig(_Section):
@@ -217,12 +264,23 @@ class RunConfig(_Section):
     #: nuclear-only backends; needs ``compartment: nuclear``.
     expand_nuclei_um: float | None = Field(None, gt=0)
     measure: bool = True
+    #: Shape columns of the tables: "default" (area, perimeter, moment
+    #: features; vectorised) or "full" (adds solidity, asymmetry,
+    #: concavities and fill from per-cell convex hulls; slower).
+    morphology: Literal["default", "full"] = "default"
     #: Neighbour graph in the tables besides touching cells: cells whose
     #: centroids ("centroids") or closest pixels ("borders", steinbock's
     #: border distance) are within ``neighbour_distance_um``.
     neighbours: Literal["centroids", "borders"] = "centroids"
     #: Largest distance (um) of that neighbour graph.
     neighbour_distance_um: float = Field(20.0, gt=0)
+    #: Quality control after measuring (co-expression, seams, sizes, density).
+    qc: QCConfig = QCConfig()
+    #: REDSEA spillover compensation (boundary mode) after measuring:
+    #: ``<channel>_redsea`` columns and a ``redsea`` layer in the tables.
+    redsea: bool = False
+    #: Width (um) of the cell boundary band REDSEA reads.
+    redsea_boundary_um: float = Field(2.0, gt=0)
     #: Where tasks run; does not change the results.
     cluster: ClusterConfig = ClusterConfig()
 

@@ -78,6 +78,17 @@ def build_config(
     return config.with_overrides(**{**overrides, **parsed})
 
 
+def _write_report(result: RunResult, config, out: str | None) -> str:
+    """The run's HTML QC page, with the thresholds its ``qc`` section used."""
+    from tiled_seg.report import write_report
+
+    thresholds = result.qc.get("coexpression", {}).get("thresholds")
+    page = write_report(result.store, out, table=config.outputs.table, labels=config.outputs.cells,
+                        pairs=config.qc.exclusive_pairs, require_pairs=False,
+                        thresholds=thresholds, overwrite=True)
+    return str(page.html)
+
+
 @main.command("run")
 @click.argument("slides", nargs=-1, required=True)
 @click.option("--config", "config_path", type=click.Path(), help="Run configuration (YAML).")
@@ -113,10 +124,13 @@ def build_config(
               help="Continue an interrupted or failed run of the same slide and configuration.")
 @click.option("--h5ad", type=click.Path(), help="Also write the cell table as an .h5ad file.")
 @click.option("--summary", type=click.Path(), help="Write a JSON run summary here.")
+@click.option("--report", "report", is_flag=False, flag_value="", default=None, metavar="[PATH]",
+              help="Write the HTML QC report at the end [default PATH: STORE.report/index.html; "
+              "with several slides, each store's default].")
 @catch_errors
 def run_command(slides, config_path, output, tile_px, halo_um, backend, model, compartment,
                 nuclear, membrane, settings, pixel_size_um, workers, cluster, scheduler,
-                overwrite, resume, h5ad, summary) -> None:
+                overwrite, resume, h5ad, summary, report) -> None:
     """Segment SLIDES (OME-Zarr images: paths, URLs or quoted globs) into labels/cells and labels/nuclei.
 
     Everything is checked before the cluster starts: the slide, its pixel
@@ -168,6 +182,11 @@ def run_command(slides, config_path, output, tile_px, halo_um, backend, model, c
         else:
             batch = run_batch(paths, config, output_dir=output, client=client,
                               overwrite=overwrite, progress=progress, resume=resume)
+    if report is not None:
+        done = [result] if single else [o.result for o in batch.outcomes if o.result]
+        for finished in done:
+            page = _write_report(finished, config, report if single and report else None)
+            click.echo(f"report: {page}")
     if single:
         click.echo(format_result(result))
         record = result.to_summary()

@@ -9,6 +9,7 @@ given to :func:`run`.
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,13 +18,15 @@ from typing import Any, Iterator
 import numpy as np
 from distributed import Client
 
+from tiled_seg._manifest import TileResult
 from tiled_seg.cluster import connect
 from tiled_seg.config import RunConfig
 from tiled_seg.expand import expand_store
 from tiled_seg.io._fs import remove_tree
 from tiled_seg.io.ngff import write_labels
+from tiled_seg.io.tables import read_parquet
 from tiled_seg.measure import measure_store
-from tiled_seg.normalize import SlideStats, compute_slide_stats
+from tiled_seg.normalize import SlideStats, build_inputs, compute_slide_stats
 from tiled_seg.pipeline._checks import Inputs, Plan, check_h5ad, check_run, open_inputs, plan_run
 from tiled_seg.pipeline._lock import run_lock
 from tiled_seg.pipeline._output import (
@@ -35,12 +38,14 @@ from tiled_seg.pipeline._output import (
     start_output,
 )
 from tiled_seg.pipeline._scheduler import computing_on
-from tiled_seg.pipeline._stitching import stitch_tiles, stitched_array
-from tiled_seg.pipeline._tiles import Progress, TileJob, damaged_chunk, segment_tiles
+from tiled_seg.pipeline._stitching import PairMatcher, stitched_array
+from tiled_seg.pipeline._tiles import Progress, Schedule, TileJob, damaged_chunk, segment_tiles
+from tiled_seg.qc import run_qc
+from tiled_seg.redsea import compensate_store
 from tiled_seg.segmenters import SlideContext
 from tiled_seg.stitch import StitchPlan
 from tiled_seg.tiling import TileGrid
-
+from tiled_seg.tissue import empty_tiles, tissue_mask
 
 @dataclass(frozen=True)
 class RunResult:
@@ -62,6 +67,10 @@ class RunResult:
     nonfinite_tiles: dict[int, int] = field(default_factory=dict)
     #: Tiles taken from an interrupted run's manifest instead of segmented.
     resumed_tiles: int = 0
+    #: Quality control of the measured cells (:func:`tiled_seg.qc.run_qc`).
+    qc: dict[str, Any] = field(default_factory=dict)
+    #: Tiles without tissue, not segmented (``tiling.skip_empty``).
+    skipped_tiles: int = 0
     #: Things the user should know, e.g. why no table was written.
     notes: tuple[str, ...] = ()
 
@@ -82,6 +91,8 @@ class RunResult:
             "nonfinite_px": self.nonfinite_px,
             "nonfinite_tiles": {str(k): v for k, v in self.nonfinite_tiles.items()},
             "resumed_tiles": self.resumed_tiles,
+            "qc": self.qc,
+            "skipped_tiles": self.skipped_tiles,
             "notes": list(self.notes),
         }
 
@@ -100,7 +111,7 @@ def _slide_stats(inputs: Inputs, level_index: int, config: RunConfig) -> SlideSt
     level = slide.levels[level_index]
     try:
         return compute_slide_stats(
-            level,
+            slide.reader(level=level_index),
             slide.channel_names,
             config.panel.nuclear,
             inputs.membrane,
@@ -139,9 +150,35 @@ def _tile_job(inputs: Inputs, config: RunConfig, stats: SlideStats, scratch: str
     )
 
 
+def _schedule(config: RunConfig) -> Schedule:
+    """How predict tasks are fed, from the cluster section."""
+    return Schedule(config.cluster.tiles_per_predict, config.cluster.in_flight_tiles)
+
+
+def _empty_tiles(inputs: Inputs, plan: Plan, stats: SlideStats, config: RunConfig) -> list[int]:
+    """Tiles without tissue on the statistics' pyramid level (none unless ``tiling.skip_empty``)."""
+    if not config.tiling.skip_empty:
+        return []
+    slide = inputs.slide
+    level = slide.levels[plan.stats_level]
+    index = [slide.channel_index(name) for name in inputs.channels]
+    block = np.asarray(level[index].compute())
+    nuclear, membrane = build_inputs(
+        block, inputs.channels, config.panel.nuclear, inputs.membrane, stats.low, stats.high
+    )
+    scale = level.shape[-1] / slide.shape_yx[1]
+    fraction = config.tiling.tissue_fraction
+    mask = tissue_mask(
+        np.nan_to_num(nuclear), None if membrane is None else np.nan_to_num(membrane),
+        fraction * stats.nuclear_threshold, fraction * stats.membrane_threshold,
+        dilate_px=math.ceil(plan.halo_px * scale) + 1,
+    )
+    return empty_tiles(plan.grid, mask)
+
+
 def _write_labels(
     store: str, scratch: str, inputs: Inputs, grid: TileGrid, plan: StitchPlan,
-    results: list[TileResult],
+    results: list[TileResult], progress: Progress | None,
 ) -> tuple[dict[str, str], int | None]:
     """Write the stitched primary labels, and the linked nuclei when every tile has them.
 
@@ -151,30 +188,30 @@ def _write_labels(
     out_names, primary = inputs.out_names, inputs.primary
     chunk_px = min(inputs.slide.chunk_yx)
     write_labels(store, out_names[primary], stitched_array(scratch, "objects", grid, plan),
-                 inputs.pixel_size_um, chunk_px=chunk_px, overwrite=True)
+                 inputs.pixel_size_um, chunk_px=chunk_px, overwrite=True, progress=progress)
     written = {primary: f"{store}/labels/{out_names[primary]}"}
     n_nuclei: int | None = plan.n_objects if primary == "nuclei" else None
     if primary == "cells" and all(r.core_nucleus_ids is not None for r in results):
         write_labels(store, out_names["nuclei"], stitched_array(scratch, "linked", grid, plan),
-                     inputs.pixel_size_um, chunk_px=chunk_px, overwrite=True)
+                     inputs.pixel_size_um, chunk_px=chunk_px, overwrite=True, progress=progress)
         written["nuclei"] = f"{store}/labels/{out_names['nuclei']}"
         ids = [plan.luts[r.index][r.core_nucleus_ids] for r in results]
         n_nuclei = int(np.unique(np.concatenate(ids)).size) if ids else 0
     return written, n_nuclei
 
 
-def _expand(store: str, inputs: Inputs, radius_um: float) -> str:
+def _expand(store: str, inputs: Inputs, radius_um: float, progress: Progress | None) -> str:
     """Grow the nuclei by ``radius_um`` into the cells label image; returns its path."""
     out_names = inputs.out_names
     expand_store(store, source=out_names["nuclei"], target=out_names["cells"],
                  radius_um=radius_um, pixel_size_um=inputs.pixel_size_um,
-                 overwrite=True)
+                 overwrite=True, progress=progress)
     return f"{store}/labels/{out_names['cells']}"
 
 
 def _measure(
     store: str, inputs: Inputs, config: RunConfig, labels: dict[str, str],
-    h5ad: str | Path | None,
+    progress: Progress | None, h5ad: str | Path | None,
 ) -> dict[str, str]:
     """Measure every cell into the output tables (and ``h5ad``); returns their paths by name."""
     out_names = inputs.out_names
@@ -186,12 +223,23 @@ def _measure(
         table_name=config.outputs.table,
         distance_um=config.neighbour_distance_um,
         neighbours=config.neighbours,
+        morphology=config.morphology,
         h5ad=h5ad,
         overwrite=True,
         config=config.model_dump(mode="json"),
         image_store=inputs.slide.path,
+        progress=progress,
     )
     return dict(measured.paths)
+
+
+def _redsea(store: str, inputs: Inputs, config: RunConfig) -> None:
+    """REDSEA-compensated means into the cell tables (boundary band in um)."""
+    compensate_store(
+        store, table=config.outputs.table, labels=inputs.out_names["cells"],
+        element_size=max(1, round(config.redsea_boundary_um / inputs.pixel_size_um)),
+        image_store=inputs.slide.path,
+    )
 
 
 def _finish(store: str, scratch: str, result: RunResult) -> None:
@@ -290,32 +338,43 @@ def _stages(
     progress: Progress | None, resume: bool, timings: dict[str, float],
     h5ad: str | Path | None,
 ) -> RunResult:
-    """Statistics to measurement into the prepared ``store``; marks it complete."""
+    """Statistics to measurement (and QC) into the prepared ``store``; marks it complete."""
     with _timed(timings, "stats"):
         stats = _slide_stats(inputs, plan.stats_level, config)
         set_status(store, {"stats": stats.to_dict()})
     scratch, done = prepare_scratch(store, plan.input_key, stats, plan.grid, plan.halo_px, resume)
     job = _tile_job(inputs, config, stats, scratch)
+    skipped = _empty_tiles(inputs, plan, stats, config)
+    matcher = PairMatcher(client, scratch, plan.grid, config.tiling.min_overlap, skipped)
     with _timed(timings, "segment"):
-        results = segment_tiles(client, job, plan.grid, progress, done)
+        results = segment_tiles(client, job, plan.grid, progress, done, skip=skipped,
+                                on_tile=matcher.add, schedule=_schedule(config))
     with _timed(timings, "stitch"):
-        stitch = stitch_tiles(client, scratch, plan.grid, results, config.tiling.min_overlap)
+        stitch = matcher.plan(results)
     with _timed(timings, "write"):
-        labels, n_nuclei = _write_labels(store, scratch, inputs, plan.grid, stitch, results)
+        labels, n_nuclei = _write_labels(store, scratch, inputs, plan.grid, stitch, results, progress)
     if config.expand_nuclei_um is not None:
         with _timed(timings, "expand"):
-            labels["cells"] = _expand(store, inputs, config.expand_nuclei_um)
+            labels["cells"] = _expand(store, inputs, config.expand_nuclei_um, progress)
     tables: dict[str, str] = {}
+    qc: dict[str, Any] = {}
     notes: tuple[str, ...] = ()
-    if config.measure and "cells" in labels:
-        with _timed(timings, "measure"):
-            tables = _measure(store, inputs, config, labels, h5ad)
-    elif config.measure:
+    if config.measure and "cells" not in labels:
         notes = (
             "no single-cell table: a nuclear-only run has no cells to measure; set "
             "expand_nuclei_um (e.g. 4) to grow cells from the nuclei, or measure the "
             "nuclei with `tiled-seg measure STORE --labels nuclei --nuclei ''`.",
         )
+    if config.measure and "cells" in labels:
+        with _timed(timings, "measure"):
+            tables = _measure(store, inputs, config, labels, progress, h5ad)
+        if config.redsea:
+            with _timed(timings, "redsea"):
+                _redsea(store, inputs, config)
+        if config.qc.enabled:
+            with _timed(timings, "qc"):
+                qc = run_qc(read_parquet(tables["parquet"]), plan.grid, inputs.pixel_size_um,
+                            config.qc, compensated=config.redsea)
     result = RunResult(
         store=str(store),
         labels=labels,
@@ -331,6 +390,8 @@ def _stages(
         nonfinite_px=sum(r.nonfinite_px for r in results),
         nonfinite_tiles={r.index: r.nonfinite_px for r in results if r.nonfinite_px},
         resumed_tiles=len(done),
+        qc=qc,
+        skipped_tiles=len(skipped),
         notes=notes,
     )
     _finish(store, scratch, result)

@@ -7,16 +7,19 @@ Two routes, chosen by the option ``use_deepcell_package`` ("auto", true, false):
   ``tf_keras.models.load_model`` from a local folder: option ``model_path``,
   else ``$TILED_SEG_MESMER_MODEL``, else DeepCell's cache
   ``~/.deepcell/models/MultiplexSegmentation`` (a ``MultiplexSegmentation-9.tar.gz``
-  lying there is extracted first). Pre- and post-processing follow the paper's
-  Methods (:mod:`tiled_seg.segmenters._mesmer_processing`): the tile
-  (nuclear, membrane) is rescaled from the slide's pixel size
+  lying there is extracted first). Pre- and post-processing are DeepCell's
+  own (:mod:`tiled_seg.segmenters._mesmer_processing`, equal pixel for pixel
+  to ``deepcell.applications.Mesmer`` on ``deepcell-toolbox`` 0.12.1): the
+  tile (nuclear, membrane) is resized from the slide's pixel size
   (``context.pixel_size_um``, Mesmer's ``image_mpp``) to the model's
-  0.5 um/px, normalised, run in the model's 256 x 256 windows overlapping by
-  ``2 * margin_px`` (each pixel from the nearest window centre), turned into
-  instances by an inner-distance-seeded marker watershed inside the
-  thresholded interior (peaks >= ``maxima_threshold``, interior >
-  ``interior_threshold``, objects under ``min_object_px`` removed, holes filled)
-  and resized back to the tile's shape by nearest neighbour.
+  0.5 um/px, clipped and CLAHE-equalised, run in the model's 256 x 256
+  windows at a stride of 3/4 blended with spline weights, turned into
+  instances by DeepCell's deep watershed per compartment (defaults of
+  ``Mesmer.predict``) and resized back to the tile's shape.
+  In the pipeline these are three stages: ``prepare`` (resize, clip,
+  CLAHE, cut the windows), ``predict`` (the network on window batches, which
+  may come from several tiles) and ``postprocess`` (blend, deep watershed,
+  resize back).
 * **DeepCell route** (Python 3.10 with ``deepcell`` installed):
   ``deepcell.applications.Mesmer(model).predict(...)`` with the same model and
   thresholds. Without a local model DeepCell downloads one itself, which needs
@@ -27,14 +30,13 @@ an access token from users.deepcell.org; unpack it and point ``model_path``
 (or ``$TILED_SEG_MESMER_MODEL``) at the ``MultiplexSegmentation`` folder.
 
 Normalisation and seams: Mesmer clips each image at its own 99.9th
-percentile and equalises it with CLAHE; both are per-input operations. The
-tile input here is already clipped with slide-wide percentiles, so by default
-(``percentile=None``) the per-tile clip is skipped; set ``percentile=99.9`` to
-follow the paper to the letter. CLAHE (``clahe=True``) has no slide-wide
-equivalent and stays on by default because the network was trained on
-equalised images: its per-tile contrast can differ slightly across tile
-seams, which the halo and maximum-overlap stitching absorb. The DeepCell
-route always uses DeepCell's own per-image preprocessing.
+percentile (of the non-zero pixels) and equalises it with CLAHE; both are
+per-input operations, and the network was trained on them, so both are on by
+default and a tile equals ``Mesmer.predict`` on that tile. The tile input is
+already clipped with slide-wide percentiles; ``percentile: null`` skips the
+per-tile clip (one of the two per-tile operations, so tiles differ less in
+contrast at seams), at the price of no longer equalling DeepCell. The halo
+and maximum-overlap stitching absorb what per-tile contrast remains.
 """
 
 from __future__ import annotations
@@ -50,14 +52,17 @@ from pydantic import Field
 
 from tiled_seg.errors import BackendError
 from tiled_seg.segmenters import _mesmer_processing as processing
-from tiled_seg.segmenters._instances import (
-    link_nuclei,
-    predict_in_windows,
-    relabel_consecutive,
-    rescale_image,
-    resize_labels,
+from tiled_seg.segmenters._blended_windows import BlendLayout, blend_windows, cut_blended
+from tiled_seg.segmenters._instances import link_nuclei, relabel_consecutive
+from tiled_seg.segmenters.base import (
+    BackendOptions,
+    NetworkOutputs,
+    PreparedTile,
+    Segmentation,
+    Segmenter,
+    SlideContext,
+    predict_tiles,
 )
-from tiled_seg.segmenters.base import BackendOptions, Segmentation, Segmenter, SlideContext
 
 __all__ = ["MesmerOptions", "MesmerSegmenter", "find_model", "load_keras_model", "model_loads"]
 
@@ -80,26 +85,26 @@ class MesmerOptions(BackendOptions):
     compartment: Literal["whole-cell", "nuclear", "both"] = "both"
     #: Pixel size (um/px) the model was trained at.
     model_mpp: float = Field(0.5, gt=0)
-    #: Per-tile percentile clip; None relies on the slide-wide clip of the input.
-    percentile: float | None = Field(None, gt=0, le=100)
+    #: Per-tile percentile clip (DeepCell's); None relies on the slide-wide clip of the input.
+    percentile: float | None = Field(99.9, gt=0, le=100)
     #: CLAHE equalisation as in training (per-input; see the module notes).
     clahe: bool = True
     #: CLAHE kernel size (px at the model's pixel size).
     clahe_kernel_px: int = Field(128, gt=0)
     #: Window side (px) when the model's input size is not fixed.
     window_px: int = Field(256, gt=0)
-    #: Overlap margin (px at the model's pixel size) per window edge.
-    margin_px: int = Field(32, ge=0)
+    #: Window stride as a fraction of the window (DeepCell's 0.75).
+    stride_ratio: float = Field(0.75, gt=0, le=1)
     #: Windows per inference call.
     batch_size: int = Field(4, gt=0)
-    #: Whole-cell peak (h-maxima) threshold of the inner distance.
-    maxima_threshold: float = Field(0.1, ge=0)
+    #: Whole-cell peak (h-maxima) threshold of the inner distance (Mesmer.predict's).
+    maxima_threshold: float = Field(processing.WHOLE_CELL.maxima_threshold, ge=0)
     #: Whole-cell interior probability threshold.
-    interior_threshold: float = Field(0.3, ge=0, lt=1)
+    interior_threshold: float = Field(processing.WHOLE_CELL.interior_threshold, ge=0, lt=1)
     #: Nuclear peak threshold.
-    nuclear_maxima_threshold: float = Field(0.1, ge=0)
+    nuclear_maxima_threshold: float = Field(processing.NUCLEAR.maxima_threshold, ge=0)
     #: Nuclear interior threshold.
-    nuclear_interior_threshold: float = Field(0.3, ge=0, lt=1)
+    nuclear_interior_threshold: float = Field(processing.NUCLEAR.interior_threshold, ge=0, lt=1)
     #: Gaussian sigma (px, model resolution) applied to the interior map.
     interior_smooth_px: float = Field(2.0, ge=0)
     #: Gaussian sigma (px, model resolution) applied to the inner distance.
@@ -244,46 +249,81 @@ class MesmerSegmenter(Segmenter):
                     self._model = load_keras_model(find_model(self._options.model_path))
         return self._model
 
+    def _window_px(self) -> int:
+        """The model's window side (px at the model's pixel size)."""
+        shape = getattr(self.load(), "input_shape", (None, None, None, 2))
+        return int(shape[1]) if shape[1] else self._options.window_px
+
+    def prepare(
+        self,
+        nuclear: np.ndarray,
+        membrane: np.ndarray | None,
+        context: SlideContext,
+    ) -> PreparedTile:
+        """Stack (nuclear, membrane), resize to the model's pixel size, preprocess, cut windows."""
+        o = self._options
+        image = _stack(nuclear, membrane)
+        resized = processing.resize_input(image, context.pixel_size_um, o.model_mpp)
+        prepared = processing.preprocess(resized, o.percentile, o.clahe, o.clahe_kernel_px)
+        windows, layout = cut_blended(prepared, self._window_px(), o.stride_ratio)
+        return PreparedTile({"mesmer": windows}, {"layout": layout, "shape": nuclear.shape})
+
+    def predict(self, network: str, batch: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Mesmer on a batch of ``(N, W, W, 2)`` windows.
+
+        Returns (cell inner distance, cell interior, nuclear inner distance,
+        nuclear interior), each ``(N, W, W, 1)``.
+        """
+        model = self.load()
+        names = [str(n) for n in getattr(model, "output_names", [])] or None
+        outputs = model(batch, training=False)
+        if isinstance(outputs, dict):
+            keys = list(outputs)
+            outputs = [outputs[k] for k in keys]
+        else:
+            keys = names
+            outputs = list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+        maps = processing.split_outputs([np.asarray(o) for o in outputs], keys)
+        return tuple(np.asarray(m[..., None], np.float32) for pair in maps.values() for m in pair)
+
     def predict_maps(self, image: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Network maps of a preprocessed ``(Y, X, 2)`` image at the model's pixel size.
 
         Returns ``{compartment: (inner_distance, interior)}``, each ``(Y, X)``.
         """
-        model = self.load()
-        names = [str(n) for n in getattr(model, "output_names", [])] or None
-        shape = getattr(model, "input_shape", (None, None, None, 2))
-        window = int(shape[1]) if shape[1] else self._options.window_px
-        margin = min(self._options.margin_px, (window - 1) // 2)
+        windows, layout = cut_blended(image, self._window_px(), self._options.stride_ratio)
+        (outputs,) = predict_tiles(self, [PreparedTile({"mesmer": windows}, {})])
+        return self._maps(outputs["mesmer"], layout)
 
-        def predict(batch: np.ndarray) -> list[np.ndarray]:
-            outputs = model(batch, training=False)
-            if isinstance(outputs, dict):
-                keys = list(outputs)
-                outputs = [outputs[k] for k in keys]
-            else:
-                keys = names
-                outputs = list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
-            maps = processing.split_outputs([np.asarray(o) for o in outputs], keys)
-            return [m[..., None] for pair in maps.values() for m in pair]
-
-        cell_d, cell_i, nuc_d, nuc_i = predict_in_windows(
-            image, predict, window, margin, self._options.batch_size
-        )
-        return {"whole-cell": (cell_d[..., 0], cell_i[..., 0]), "nuclear": (nuc_d[..., 0], nuc_i[..., 0])}
+    @staticmethod
+    def _maps(
+        outputs: tuple[np.ndarray, ...], layout: BlendLayout
+    ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        cell_d, cell_i, nuc_d, nuc_i = (m[..., 0] for m in blend_windows(outputs, layout))
+        return {"whole-cell": (cell_d, cell_i), "nuclear": (nuc_d, nuc_i)}
 
     def postprocess(
+        self, prepared: PreparedTile, outputs: NetworkOutputs, context: SlideContext
+    ) -> Segmentation:
+        """Deep watershed of the assembled maps, resized to the tile."""
+        return self.instances(self._maps(outputs["mesmer"], prepared.state["layout"]), prepared.state["shape"])
+
+    def instances(
         self, maps: dict[str, tuple[np.ndarray, np.ndarray]], shape: tuple[int, int]
     ) -> Segmentation:
         """Instances from the network maps, resized to the tile's ``shape``."""
+        return self._assemble(self.label_stack(maps, shape))
+
+    def label_stack(
+        self, maps: dict[str, tuple[np.ndarray, np.ndarray]], shape: tuple[int, int]
+    ) -> dict[str, np.ndarray]:
+        """DeepCell's labels per compartment, resized to ``shape`` (nuclei not yet linked)."""
         o = self._options
         wanted = ["whole-cell", "nuclear"] if o.compartment == "both" else [o.compartment]
-        labels: dict[str, np.ndarray] = {}
+        found = []
         for compartment in wanted:
-            distance, interior = maps[compartment]
             nuclear = compartment == "nuclear"
-            found = processing.deep_watershed(
-                distance,
-                interior,
+            settings = processing.WatershedSettings(
                 maxima_threshold=o.nuclear_maxima_threshold if nuclear else o.maxima_threshold,
                 interior_threshold=o.nuclear_interior_threshold if nuclear else o.interior_threshold,
                 maxima_smooth_px=o.maxima_smooth_px,
@@ -292,16 +332,22 @@ class MesmerSegmenter(Segmenter):
                 min_object_px=o.min_object_px,
                 max_hole_px=o.max_hole_px,
             )
-            labels[compartment] = relabel_consecutive(resize_labels(found, shape))
-        return self._assemble(labels)
+            found.append(processing.deep_watershed(*maps[compartment], settings))
+        stack = processing.resize_output(np.stack(found, axis=-1), shape)
+        return {c: stack[..., i] for i, c in enumerate(wanted)}
 
     def _assemble(self, labels: dict[str, np.ndarray]) -> Segmentation:
         if "whole-cell" not in labels:
-            return Segmentation(cells=labels["nuclear"], nuclei=labels["nuclear"])
-        cells = labels["whole-cell"]
+            nuclei = relabel_consecutive(labels["nuclear"])
+            return Segmentation(cells=nuclei, nuclei=nuclei)
+        cells = relabel_consecutive(labels["whole-cell"])
         if "nuclear" not in labels:
             return Segmentation(cells=cells, nuclei=None)
         return Segmentation(cells=cells, nuclei=link_nuclei(cells, labels["nuclear"]))
+
+    def staged(self) -> bool:
+        """Staged on the own route; DeepCell's application runs all three stages in one call."""
+        return not self._use_deepcell()
 
     def segment(
         self,
@@ -310,16 +356,10 @@ class MesmerSegmenter(Segmenter):
         context: SlideContext,
     ) -> Segmentation:
         """Segment one tile; see :class:`Segmenter` and the module notes."""
-        o = self._options
-        if membrane is None:
-            membrane = np.zeros_like(nuclear)
-        image = np.stack([nuclear, membrane], axis=-1).astype(np.float32)
+        if not self._use_deepcell():
+            return super().segment(nuclear, membrane, context)
         self.load()
-        if self._app is not None:
-            return self._segment_deepcell(image, context)
-        resized = rescale_image(image, context.pixel_size_um / o.model_mpp)
-        prepared = processing.preprocess(resized, o.percentile, o.clahe, o.clahe_kernel_px)
-        return self.postprocess(self.predict_maps(prepared), nuclear.shape)
+        return self._segment_deepcell(_stack(nuclear, membrane), context)
 
     def _segment_deepcell(self, image: np.ndarray, context: SlideContext) -> Segmentation:
         o = self._options
@@ -350,3 +390,10 @@ class MesmerSegmenter(Segmenter):
         return self._assemble(
             {n: relabel_consecutive(result[..., i].astype(np.int64)) for i, n in enumerate(names)}
         )
+
+
+def _stack(nuclear: np.ndarray, membrane: np.ndarray | None) -> np.ndarray:
+    """Mesmer's ``(Y, X, 2)`` input (nuclear, membrane); a missing membrane is zero."""
+    if membrane is None:
+        membrane = np.zeros_like(nuclear)
+    return np.stack([nuclear, membrane], axis=-1).astype(np.float32)
