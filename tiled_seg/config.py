@@ -15,7 +15,6 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tiled_seg.coexpression import DEFAULT_EXCLUSIVE_PAIRS
 from tiled_seg.errors import ConfigError
 
 __all__ = [
@@ -33,6 +32,18 @@ __all__ = [
     "parse_setting",
     "validation_problems",
 ]
+
+
+#: Mutually exclusive markers of the synthetic panel (``tiled_seg.synth``):
+#: the default pairs of the impossible co-expression check. Kept here, not in
+#: ``coexpression``, so loading a configuration does not import pandas.
+DEFAULT_EXCLUSIVE_PAIRS: tuple[tuple[str, str], ...] = (
+    ("CD3", "CD20"),
+    ("CD3", "PanKeratin"),
+    ("CD20", "PanKeratin"),
+    ("CD68", "PanKeratin"),
+    ("CD45", "PanKeratin"),
+)
 
 
 class _Section(BaseModel):
