@@ -78,7 +78,7 @@ def fov8(work: Path, client: Client) -> None:
         seconds = _run(store, config.with_overrides(**{"tiling.tile_px": tile_px}), client)
         _score(f"fov8 cells vs Mesmer, tile_px={tile_px} ({seconds:.1f} s)", f"{store}/labels/cells",
                folder / "fov8_mesmer_labels.tif")
-        print(f"  $ tiled-seg run {store} --config configs/mibi.yaml --tile-size {tile_px} --overwrite")
+        print(f"  $ tiled-seg run {store} --config configs/mibi.yaml --tile-px {tile_px} --overwrite")
     # The Mesmer reference measured the same way, for its co-expression rate.
     import tifffile
 
@@ -107,7 +107,7 @@ def fov8(work: Path, client: Client) -> None:
 
     report = write_report(store, work / "fov8.report" / "index.html", pairs=MIBI_PAIRS, overwrite=True)
     print(f"fov8 report: {report.html}")
-    print(f"  $ tiled-seg report {store} --out {report.html} --overwrite")
+    print(f"  $ tiled-seg report {store} --output {report.html} --overwrite")
 
 
 def stardist(work: Path, client: Client) -> None:
@@ -124,6 +124,10 @@ def stardist(work: Path, client: Client) -> None:
         seconds = _run(store, config, client)
         _score(f"stardist nuclei, {backend}, 256 px tiles ({seconds:.1f} s)", f"{store}/labels/nuclei",
                folder / "mask2d.tif")
+        sets = " ".join(f"--set backend.options.{k}={v}" for k, v in options.items() if k != "model")
+        model = f" --model {options['model']}" if "model" in options else ""
+        print(f"  $ tiled-seg run {store} --backend {backend}{model} {sets} --compartment nuclear "
+              "--nuclear DNA --tile-px 256 --set measure=false --overwrite")
 
 
 def _spillover_figure(path: Path, clean, table, thresholds: dict[str, float]) -> None:

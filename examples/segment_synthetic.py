@@ -26,7 +26,8 @@ def main(out_dir: Path) -> None:
     truth = tiled_seg.read_labels(result.store, "gt_cells").compute()
     score = match_labels(cells, truth)
     print(f"{result.n_cells} cells in {result.n_tiles} tiles; F1 at IoU 0.5: {score.f1:.3f}")
-    print(f"labels: {result.labels['cells']}  (napari --plugin napari-ome-zarr {result.store})")
+    print(f"labels: {result.labels['cells']}  (view: python -m pip install \"napari[all]\" "
+          f"napari-ome-zarr, then napari --plugin napari-ome-zarr {result.store})")
     print(f"cell table: {result.tables.get('parquet')}")
 
 

@@ -357,7 +357,7 @@ def test_error_output_exists_and_overwrite(tmp_path):
     tifffile.imwrite(source, _stack())
     out = tmp_path / "out.ome.zarr"
     convert(source, out, channel_names=["a", "b", "c"])
-    with pytest.raises(OutputExistsError, match="--overwrite"):
+    with pytest.raises(OutputExistsError, match="overwrite=True"):
         convert(source, out)
     assert open_slide(out).channel_names == ("a", "b", "c")
     convert(source, out, overwrite=True)

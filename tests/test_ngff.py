@@ -165,7 +165,7 @@ def test_labels_overwrite(tmp_path):
     path = tmp_path / "slide.ome.zarr"
     write_image(path, _image(), NAMES, 0.5)
     write_labels(path, "cells", _labels(), 0.5)
-    with pytest.raises(OutputExistsError, match="--overwrite"):
+    with pytest.raises(OutputExistsError, match="overwrite=True"):
         write_labels(path, "cells", _labels(), 0.5)
     write_labels(path, "cells", np.ones((600, 520), np.uint8), 0.5, overwrite=True)
     assert read_labels(path, "cells").dtype == np.uint8
@@ -248,7 +248,7 @@ def test_write_image_errors(tmp_path):
         write_image(path, _image()[0], ["a"], 0.5)
     assert not path.exists()
     write_image(path, _image(), NAMES, 0.5)
-    with pytest.raises(OutputExistsError, match="--overwrite"):
+    with pytest.raises(OutputExistsError, match="overwrite=True"):
         write_image(path, _image(), NAMES, 0.5)
 
 

@@ -130,7 +130,7 @@ def test_run_from_s3_to_s3_equals_local_run(tmp_path, slides, client):
         want = read_labels(tmp_path / "local.zarr", name).compute()
         assert got.tobytes() == want.tobytes()
     assert not exists(output + ".tiled_seg_scratch")
-    with pytest.raises(OutputExistsError, match="--overwrite"):
+    with pytest.raises(OutputExistsError, match="overwrite=True"):
         run(url, config, output=output, client=client)
 
 
@@ -141,7 +141,7 @@ def test_tables_by_url(s3_endpoint):
     path = write_parquet(table, join(store, "tables", "cells.parquet"))
     assert path.startswith("s3://") and exists(path)
     pd.testing.assert_frame_equal(read_parquet(path), table)
-    with pytest.raises(OutputExistsError, match="--overwrite"):
+    with pytest.raises(OutputExistsError, match="overwrite=True"):
         write_parquet(table, path)
     adata = ad.AnnData(table[["DNA1"]].to_numpy(),
                        obs=pd.DataFrame({"cell_id": [1, 2, 3], "region": "labels/cells"},

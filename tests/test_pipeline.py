@@ -128,7 +128,7 @@ def test_existing_output_needs_overwrite(tmp_path, slide, client):
     output.mkdir()
     marker = output / "keep.txt"
     marker.write_text("mine")
-    with pytest.raises(OutputExistsError, match="--overwrite"):
+    with pytest.raises(OutputExistsError, match="overwrite=True"):
         run(slide.path, _config(160), output=output, client=client)
     assert marker.read_text() == "mine"
 

@@ -163,7 +163,7 @@ def test_resume_reuses_recorded_tiles_and_refuses_other_configs(
             resume=True)
     # The refusal keeps the scratch (tiles still running when the client died may add records).
     assert read_records(scratch_path(str(store))).keys() >= recorded.keys()
-    assert _status(store) == "running"
+    assert _status(store) == "failed"   # the crash raised an exception: recorded, resumable
 
     result = run(slide.path, _config(), output=store, client=client, resume=True)
     assert result.resumed_tiles >= len(recorded)
@@ -205,9 +205,9 @@ def test_interrupted_label_write_is_marked_and_resumed(tmp_path, slide, client, 
     monkeypatch.setattr(_run, "write_labels", real)
     # Labels exist but the store says the run did not finish.
     assert "cells" in list_labels(store)
-    assert _status(store) == "running"
+    assert _status(store) == "failed"
     info = _info(store)
-    assert "INCOMPLETE" in info and f"tiles recorded: {N_TILES} of {N_TILES}" in info
+    assert "FAILED" in info and "not a result" in info and f"tiles recorded: {N_TILES} of {N_TILES}" in info
     result = run(slide.path, _config(), output=store, client=client, resume=True)
     assert result.resumed_tiles == N_TILES
     _assert_identical(store, clean)

@@ -36,6 +36,8 @@ import numpy as np
 import pandas as pd
 from skimage.filters import threshold_otsu
 
+# Defined with the run configuration, whose qc section defaults to it.
+from tiled_seg.config import DEFAULT_EXCLUSIVE_PAIRS
 from tiled_seg.errors import ChannelError, ConfigError
 
 __all__ = [
@@ -53,13 +55,6 @@ __all__ = [
 ]
 
 #: Mutually exclusive marker pairs of the synthetic panel (``tiled_seg.synth``).
-DEFAULT_EXCLUSIVE_PAIRS: tuple[tuple[str, str], ...] = (
-    ("CD3", "CD20"),
-    ("CD3", "PanKeratin"),
-    ("CD20", "PanKeratin"),
-    ("CD68", "PanKeratin"),
-    ("CD45", "PanKeratin"),
-)
 
 ThresholdMethod = Literal["otsu", "percentile"]
 

@@ -7,6 +7,7 @@ pixels (``_px``) as their names say.
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -14,7 +15,6 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tiled_seg.coexpression import DEFAULT_EXCLUSIVE_PAIRS
 from tiled_seg.errors import ConfigError
 
 __all__ = [
@@ -29,7 +29,21 @@ __all__ = [
     "QCConfig",
     "RunConfig",
     "load_config",
+    "parse_setting",
+    "validation_problems",
 ]
+
+
+#: Mutually exclusive markers of the synthetic panel (``tiled_seg.synth``):
+#: the default pairs of the impossible co-expression check. Kept here, not in
+#: ``coexpression``, so loading a configuration does not import pandas.
+DEFAULT_EXCLUSIVE_PAIRS: tuple[tuple[str, str], ...] = (
+    ("CD3", "CD20"),
+    ("CD3", "PanKeratin"),
+    ("CD20", "PanKeratin"),
+    ("CD68", "PanKeratin"),
+    ("CD45", "PanKeratin"),
+)
 
 
 class _Section(BaseModel):
@@ -111,6 +125,19 @@ class TilingConfig(_Section):
     #: A coarse pixel is tissue where the nuclear or membrane input exceeds
     #: this fraction of its slide-wide Otsu threshold.
     tissue_fraction: float = Field(0.25, gt=0, le=1)
+
+    @field_validator("halo_um", mode="before")
+    @classmethod
+    def _positive_or_auto(cls, value: Any) -> float | str:
+        if value == "auto":
+            return value
+        try:
+            halo = float(value)
+        except (TypeError, ValueError):
+            halo = math.nan
+        if not halo > 0 or not math.isfinite(halo):
+            raise ValueError(f"must be a positive number of um or 'auto', not {value!r}")
+        return halo
 
 
 class OutputConfig(_Section):
@@ -278,7 +305,12 @@ class RunConfig(_Section):
         return self
 
     def with_overrides(self, **changes: Any) -> "RunConfig":
-        """A copy with dotted keys replaced, e.g. ``{"tiling.tile_px": 512}``."""
+        """A copy with dotted keys replaced, e.g. ``{"tiling.tile_px": 512}``.
+
+        None values are skipped. A key may reach into ``backend.options``
+        (``backend.options.threshold``); the result is validated like a YAML
+        file, so an unknown section or a wrong type is a :class:`ConfigError`.
+        """
         data = self.model_dump()
         for dotted, value in changes.items():
             if value is None:
@@ -286,26 +318,70 @@ class RunConfig(_Section):
             node = data
             *parents, leaf = dotted.split(".")
             for key in parents:
-                node = node[key]
+                child = node.get(key) if isinstance(node, dict) else None
+                if not isinstance(child, dict):
+                    raise ConfigError(
+                        f"unknown setting {dotted!r}: {key!r} is not a section. "
+                        "See configs/default.yaml for every key."
+                    )
+                node = child
             node[leaf] = value
         return _validate(data, "overrides")
+
+    def with_backend(self, name: str | None) -> tuple["RunConfig", dict[str, Any]]:
+        """A copy that runs backend ``name``, and the options it dropped.
+
+        Options belong to one backend: switching to another one drops the
+        configured options (they would fail or, worse, mean something else),
+        so the caller can say so. The same name, or None, changes nothing.
+        """
+        if name is None or name == self.backend.name:
+            return self, {}
+        data = self.model_dump()
+        data["backend"] = {"name": name, "options": {}}
+        return _validate(data, "overrides"), dict(self.backend.options)
+
+
+def validation_problems(error: ValidationError, prefix: str = "") -> str:
+    """A pydantic error as one line: each bad key with what is wrong with it."""
+    problems = []
+    for item in error.errors():
+        where = prefix + ".".join(str(p) for p in item["loc"])
+        if item["type"] == "extra_forbidden":
+            problems.append(f"unknown key {where!r}")
+        else:
+            problems.append(f"{where}: {item['msg'].removeprefix('Value error, ')}")
+    return "; ".join(problems)
 
 
 def _validate(data: Any, source: str) -> RunConfig:
     try:
         return RunConfig.model_validate(data)
     except ValidationError as error:
-        problems = []
-        for item in error.errors():
-            where = ".".join(str(p) for p in item["loc"])
-            if item["type"] == "extra_forbidden":
-                problems.append(f"unknown key {where!r}")
-            else:
-                problems.append(f"{where}: {item['msg']}")
         raise ConfigError(
-            f"invalid configuration in {source}: " + "; ".join(problems)
+            f"invalid configuration in {source}: " + validation_problems(error)
             + ". See configs/default.yaml for every key."
         ) from None
+
+
+def parse_setting(text: str) -> tuple[str, Any]:
+    """``key=value`` from the command line as a dotted key and a YAML-typed value.
+
+    >>> parse_setting("tiling.tile_px=512")
+    ('tiling.tile_px', 512)
+    >>> parse_setting("panel.membrane=[CD44, CD45]")
+    ('panel.membrane', ['CD44', 'CD45'])
+    """
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(
+            f"--set takes KEY=VALUE with a dotted key (e.g. tiling.tile_px=512); got {text!r}."
+        )
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError:
+        parsed = value
+    return key.strip(), parsed
 
 
 def load_config(path: str | Path | None) -> RunConfig:

@@ -7,6 +7,11 @@ the problem and how to fix it.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import re
+from typing import Iterator
+
 __all__ = [
     "TiledSegError",
     "InputNotFoundError",
@@ -22,11 +27,41 @@ __all__ = [
     "CorruptChunkError",
     "OutputNotWritableError",
     "ResumeError",
+    "RunLockedError",
+    "command_line",
 ]
+
+#: Whether errors are being shown to a command-line user (set by the CLI).
+_COMMAND_LINE = contextvars.ContextVar("tiled_seg_command_line", default=False)
+
+#: Flags named in messages and the keyword the Python API takes instead.
+#: Messages are written with the flags; a caller of the library reads the keyword.
+_KEYWORDS = {"--overwrite": "overwrite=True", "--resume": "resume=True"}
+_FLAG = re.compile("(?:" + "|".join(map(re.escape, _KEYWORDS)) + r")(?![\w-])")
+
+
+@contextlib.contextmanager
+def command_line() -> Iterator[None]:
+    """Spell fixes as command-line flags inside the block (the CLI runs each verb in one)."""
+    token = _COMMAND_LINE.set(True)
+    try:
+        yield
+    finally:
+        _COMMAND_LINE.reset(token)
 
 
 class TiledSegError(ValueError):
-    """Base class of all errors raised by tiled_seg on purpose."""
+    """Base class of all errors raised by tiled_seg on purpose.
+
+    Messages name fixes as flags (``--overwrite``); outside the CLI they read
+    as the Python keyword (``overwrite=True``), so each message is written once.
+    """
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        if _COMMAND_LINE.get():
+            return text
+        return _FLAG.sub(lambda match: _KEYWORDS[match.group(0)], text)
 
 
 class InputNotFoundError(TiledSegError, FileNotFoundError):
@@ -79,3 +114,7 @@ class OutputNotWritableError(TiledSegError, PermissionError):
 
 class ResumeError(TiledSegError):
     """An interrupted run cannot be resumed with the given input and configuration."""
+
+
+class RunLockedError(TiledSegError):
+    """Another run is writing the same output store."""

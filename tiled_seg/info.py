@@ -16,6 +16,7 @@ from tiled_seg._manifest import count_records, scratch_path
 from tiled_seg.errors import NotNGFFError
 from tiled_seg.io.ngff import Slide, _ome_attrs, _open_group, list_labels, open_slide
 from tiled_seg.io.tables import list_tables
+from tiled_seg.pipeline._lock import lock_holder
 
 __all__ = ["StoreInfo", "LabelInfo", "describe", "RUN_STATE_KEY"]
 
@@ -61,6 +62,9 @@ class StoreInfo:
         The store's ``tiled_seg`` attribute as written by a run, if any.
     tiles_recorded : tuple of int or None
         ``(recorded, total)`` tiles of an incomplete run's scratch manifest.
+    chunk_yx : tuple of int
+        Full-resolution chunk size ``(Y, X)`` (px); a run's tile size must
+        be a multiple of it. Empty for a separate output store.
     """
 
     path: str
@@ -74,6 +78,7 @@ class StoreInfo:
     tables: tuple[str, ...]
     run_state: dict[str, Any] | None
     tiles_recorded: tuple[int, int] | None = None
+    chunk_yx: tuple[int, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict (tuples become lists)."""
@@ -87,6 +92,7 @@ class StoreInfo:
             lines += [
                 f"shape (CYX):  {_shape(self.shape)}  {self.dtype}",
                 f"pixel size:   {size}",
+                f"chunk (YX):   {_shape(self.chunk_yx)} px (run --tile-px must be a multiple)",
                 f"channels ({len(self.channel_names)}): {', '.join(self.channel_names)}",
                 f"pyramid ({len(self.levels)} levels): "
                 + ", ".join(_shape(s) for s in self.levels),
@@ -107,15 +113,31 @@ class StoreInfo:
             lines.append("run state:    none")
         else:
             lines.append("run state:")
-            if self.run_state.get("status") == "running":
-                lines.append(
-                    "  INCOMPLETE (run interrupted, or still running; labels here are not a "
-                    "result; rerun with --resume)"
-                )
+            lines += _status_lines(self.run_state, self.path)
             if self.tiles_recorded is not None:
                 lines.append(f"  tiles recorded: {self.tiles_recorded[0]} of {self.tiles_recorded[1]}")
             lines += _run_state_lines(self.run_state)
         return "\n".join(lines)
+
+
+def _status_lines(state: dict[str, Any], store: str) -> list[str]:
+    """What an unfinished run means for the user, and what to do about it."""
+    status = state.get("status")
+    if status == "failed":
+        return [
+            f"  FAILED: {state.get('error', 'unknown error')}",
+            "  (labels here are not a result; fix the cause and run again: no --overwrite "
+            "needed, --resume keeps the tiles already segmented)",
+        ]
+    if status != "running":
+        return []
+    holder = lock_holder(store)
+    if holder is not None and holder.alive:
+        return [f"  RUNNING (process {holder.pid} on {holder.host}, since {holder.started})"]
+    return [
+        "  INCOMPLETE (run interrupted; labels here are not a result; rerun with --resume "
+        "to continue, or run again without it to start over)"
+    ]
 
 
 def _run_state_lines(state: dict[str, Any]) -> list[str]:
@@ -196,7 +218,7 @@ def _info(store: str, image: zarr.Group, version: str, slide: Slide | None) -> S
     path = store if slide is None else slide.path
     run_state = _run_state(_open_group(store).attrs.get(RUN_STATE_KEY, image.attrs.get(RUN_STATE_KEY)))
     tiles_recorded = None
-    if run_state is not None and run_state.get("status") == "running":
+    if run_state is not None and run_state.get("status") in ("running", "failed"):
         tiles_recorded = count_records(scratch_path(store))
     return StoreInfo(
         path=path,
@@ -210,6 +232,7 @@ def _info(store: str, image: zarr.Group, version: str, slide: Slide | None) -> S
         tables=_tables(image, path),
         run_state=run_state,
         tiles_recorded=tiles_recorded,
+        chunk_yx=() if slide is None else tuple(int(n) for n in slide.chunk_yx),
     )
 
 

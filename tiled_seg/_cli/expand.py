@@ -5,7 +5,6 @@ from __future__ import annotations
 import click
 
 from tiled_seg._cli import catch_errors, main
-from tiled_seg.expand import expand_store
 
 
 @main.command("expand")
@@ -21,6 +20,8 @@ def expand_cmd(
     pixel_size_um: float | None, overwrite: bool,
 ) -> None:
     """Expand STORE's nuclei by --radius-um without overlap into labels/TARGET."""
+    from tiled_seg.expand import expand_store
+
     result = expand_store(
         store, source=source, target=target, radius_um=radius_um,
         pixel_size_um=pixel_size_um, overwrite=overwrite,

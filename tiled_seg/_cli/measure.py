@@ -5,7 +5,6 @@ from __future__ import annotations
 import click
 
 from tiled_seg._cli import catch_errors, main
-from tiled_seg.measure import MORPHOLOGIES, NEIGHBOURS, measure_store
 
 
 @main.command("measure")
@@ -16,13 +15,15 @@ from tiled_seg.measure import MORPHOLOGIES, NEIGHBOURS, measure_store
     help="Nucleus label image for compartment means (skipped when absent); '' to skip.",
 )
 @click.option("--channels", default=None, help="Comma-separated channel names (default: all).")
-@click.option("--table-name", default="cells", show_default=True, help="Name under tables/.")
+@click.option("--table", "table_name", default="cells", show_default=True,
+              help="Name of the table under tables/.")
+@click.option("--table-name", "table_name", hidden=True)
 @click.option("--distance-um", default=20.0, show_default=True, type=float,
               help="Largest centroid (or border, with --neighbours borders) distance (um) "
                    "of the neighbour graph.")
-@click.option("--neighbours", type=click.Choice(NEIGHBOURS), default="centroids", show_default=True,
+@click.option("--neighbours", type=click.Choice(["centroids", "borders"]), default="centroids", show_default=True,
               help="Distance graph: centroid distance, or border distance (closest pixels).")
-@click.option("--morphology", type=click.Choice(MORPHOLOGIES), default="default", show_default=True,
+@click.option("--morphology", type=click.Choice(["default", "full"]), default="default", show_default=True,
               help="Shape columns: default (vectorised) or full (adds convex-hull features; slower).")
 @click.option("--pixel-size-um", default=None, type=float, help="Override the store's pixel size (um).")
 @click.option("--h5ad", "h5ad", default=None, type=click.Path(), help="Also write an .h5ad file.")
@@ -45,6 +46,8 @@ def measure_cmd(
     overwrite: bool,
 ) -> None:
     """Measure every cell of STORE's labels: intensities, morphology, neighbours."""
+    from tiled_seg.measure import measure_store
+
     result = measure_store(
         store,
         labels=labels,

@@ -1,13 +1,38 @@
 """Wire the stages on dask: stats, plan, segment, stitch, write.
 
 Tasks read the slide and read/write a scratch zarr directly; only small
-records (label ids, matches, timings) cross the scheduler.
+records (label ids, matches, timings) cross the scheduler. The checks a run
+makes before any work (:func:`check_run`) import neither dask's cluster nor
+the measurement stack; the rest loads on first use.
 """
 
-from tiled_seg._manifest import TileResult
-from tiled_seg.pipeline._run import RunResult, halo_px_for, run
+from __future__ import annotations
 
-# Outside __all__ but imported by the CLI, batch runs and tests.
-from tiled_seg.pipeline._tiles import MAX_LABEL_ID, Progress, TileJob, segment_tile
+from typing import Any
 
-__all__ = ["RunResult", "TileResult", "run", "segment_tile", "halo_px_for"]
+from tiled_seg.pipeline._checks import check_run, configured_backend, halo_px_for
+
+__all__ = [
+    "RunResult", "TileResult", "run", "check_run", "configured_backend", "segment_tile",
+    "halo_px_for",
+]
+
+#: Names loaded from their module on first use (PEP 562); outside __all__ but
+#: imported by the CLI, batch runs and tests: MAX_LABEL_ID, Progress, TileJob.
+_LAZY = {
+    "RunResult": "tiled_seg.pipeline._run",
+    "run": "tiled_seg.pipeline._run",
+    "TileResult": "tiled_seg._manifest",
+    "MAX_LABEL_ID": "tiled_seg.pipeline._tiles",
+    "Progress": "tiled_seg.pipeline._tiles",
+    "TileJob": "tiled_seg.pipeline._tiles",
+    "segment_tile": "tiled_seg.pipeline._tiles",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'tiled_seg.pipeline' has no attribute {name!r}")

@@ -18,26 +18,33 @@ from typing import Any, Iterator
 import numpy as np
 from distributed import Client
 
-from tiled_seg import __version__
-from tiled_seg._manifest import TileResult, fingerprint
+from tiled_seg._manifest import TileResult
 from tiled_seg.cluster import connect
 from tiled_seg.config import RunConfig
-from tiled_seg.errors import PixelSizeError, TileLayoutError
 from tiled_seg.expand import expand_store
 from tiled_seg.io._fs import remove_tree
-from tiled_seg.io.ngff import Slide, open_slide, write_labels
+from tiled_seg.io.ngff import write_labels
 from tiled_seg.io.tables import read_parquet
 from tiled_seg.measure import measure_store
-from tiled_seg.normalize import SlideStats, build_inputs, choose_stats_level, compute_slide_stats
-from tiled_seg.pipeline._output import mark_complete, prepare_scratch, set_status, start_output
+from tiled_seg.normalize import SlideStats, build_inputs, compute_slide_stats
+from tiled_seg.pipeline._checks import Inputs, Plan, check_h5ad, check_run, open_inputs, plan_run
+from tiled_seg.pipeline._lock import run_lock
+from tiled_seg.pipeline._output import (
+    mark_complete,
+    mark_failed,
+    output_store,
+    prepare_scratch,
+    set_status,
+    start_output,
+)
 from tiled_seg.pipeline._scheduler import computing_on
 from tiled_seg.pipeline._stitching import PairMatcher, stitched_array
 from tiled_seg.pipeline._tiles import Progress, Schedule, TileJob, damaged_chunk, segment_tiles
 from tiled_seg.qc import run_qc
 from tiled_seg.redsea import compensate_store
-from tiled_seg.segmenters import SlideContext, get_segmenter_class
+from tiled_seg.segmenters import SlideContext
 from tiled_seg.stitch import StitchPlan
-from tiled_seg.tiling import TileGrid, plan_tiles
+from tiled_seg.tiling import TileGrid
 from tiled_seg.tissue import empty_tiles, tissue_mask
 
 @dataclass(frozen=True)
@@ -64,6 +71,8 @@ class RunResult:
     qc: dict[str, Any] = field(default_factory=dict)
     #: Tiles without tissue, not segmented (``tiling.skip_empty``).
     skipped_tiles: int = 0
+    #: Things the user should know, e.g. why no table was written.
+    notes: tuple[str, ...] = ()
 
     def to_summary(self) -> dict[str, Any]:
         """JSON-ready run summary."""
@@ -84,38 +93,8 @@ class RunResult:
             "resumed_tiles": self.resumed_tiles,
             "qc": self.qc,
             "skipped_tiles": self.skipped_tiles,
+            "notes": list(self.notes),
         }
-
-
-@dataclass(frozen=True)
-class _Inputs:
-    """The opened slide and what the configuration asks of it."""
-
-    slide: Slide
-    #: The slide's pixel size (um), given or stated by the slide.
-    pixel_size_um: float
-    #: Channels read per tile: nuclear then membrane, without repeats.
-    channels: tuple[str, ...]
-    #: Membrane channels used; none for a nuclear-only run.
-    membrane: tuple[str, ...]
-    #: ``cells`` or ``nuclei``: what the tiles' ``objects`` scratch holds.
-    primary: str
-    #: Label image name per kind (``cells``, ``nuclei``).
-    out_names: dict[str, str]
-    #: Label images this run writes, refused if present without overwrite.
-    written_names: list[str]
-
-
-@dataclass(frozen=True)
-class _Plan:
-    """Tiling and fingerprint of a run, fixed before anything is written."""
-
-    grid: TileGrid
-    halo_px: int
-    #: Pyramid level the slide statistics are computed on.
-    stats_level: int
-    #: Fingerprint of the inputs and configuration; a resume must match it.
-    input_key: str
 
 
 @contextlib.contextmanager
@@ -126,70 +105,8 @@ def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
     timings[stage] = time.perf_counter() - started
 
 
-def halo_px_for(config: RunConfig, pixel_size_um: float) -> int:
-    """Halo in px: the configured um, or the backend's largest cell diameter."""
-    halo_um = config.tiling.halo_um
-    if halo_um == "auto":
-        backend = get_segmenter_class(config.backend.name)(config.backend.options)
-        halo_um = backend.max_cell_diameter_um
-    return max(1, math.ceil(float(halo_um) / pixel_size_um))
-
-
-def _open_inputs(slide_path: str | Path, config: RunConfig) -> _Inputs:
-    """Open the slide and check it has a pixel size, the panel's channels and a known backend."""
-    slide = open_slide(slide_path, config.pixel_size_um)
-    if slide.pixel_size_um is None:
-        raise PixelSizeError(
-            f"{slide.path} does not state its pixel size; give it with "
-            "--pixel-size-um (or pixel_size_um in the config), e.g. 1.0 for IMC."
-        )
-    panel = config.panel
-    membrane = () if config.compartment == "nuclear" else panel.membrane
-    channels = tuple(dict.fromkeys([*panel.nuclear, *membrane]))
-    for name in channels:
-        slide.channel_index(name)
-    primary = "nuclei" if config.compartment == "nuclear" else "cells"
-    out_names = {"cells": config.outputs.cells, "nuclei": config.outputs.nuclei}
-    written_names = list(out_names.values())
-    if primary == "nuclei" and config.expand_nuclei_um is None:
-        written_names = [out_names["nuclei"]]
-    # Refuse an unknown backend before anything is written.
-    get_segmenter_class(config.backend.name)
-    return _Inputs(slide, slide.pixel_size_um, channels, membrane, primary, out_names, written_names)
-
-
-def _plan(inputs: _Inputs, config: RunConfig) -> _Plan:
-    """Tile grid, halo, statistics level and the run's input fingerprint."""
-    slide = inputs.slide
-    halo_px = halo_px_for(config, inputs.pixel_size_um)
-    grid = plan_tiles(slide.shape_yx, config.tiling.tile_px, halo_px, slide.chunk_yx)
-    stats_level = _stats_level(slide, config)
-    input_key = fingerprint(
-        version=__version__, slide=slide.path if "://" in slide.path else str(Path(slide.path).resolve()),
-        shape=slide.data.shape, dtype=str(slide.data.dtype),
-        chunk_yx=slide.chunk_yx, pixel_size_um=inputs.pixel_size_um,
-        config=config.model_dump(mode="json", exclude={"cluster"}),
-    )
-    return _Plan(grid, halo_px, stats_level, input_key)
-
-
-def _stats_level(slide: Slide, config: RunConfig) -> int:
-    """The pyramid level the statistics are computed on, validated."""
-    level_index = (
-        choose_stats_level([lv.shape for lv in slide.levels], config.normalization.min_stats_pixels)
-        if config.normalization.level == "auto"
-        else int(config.normalization.level)
-    )
-    if not 0 <= level_index < len(slide.levels):
-        raise TileLayoutError(
-            f"normalization.level {level_index} does not exist; the slide has "
-            f"{len(slide.levels)} levels."
-        )
-    return level_index
-
-
 def _slide_stats(
-    inputs: _Inputs, level_index: int, config: RunConfig, progress: Progress | None
+    inputs: Inputs, level_index: int, config: RunConfig, progress: Progress | None
 ) -> SlideStats:
     """Slide-wide statistics; a damaged chunk is named in a :class:`CorruptChunkError`."""
     slide = inputs.slide
@@ -214,7 +131,7 @@ def _slide_stats(
         raise damaged from error
 
 
-def _tile_job(inputs: _Inputs, config: RunConfig, stats: SlideStats, scratch: str) -> TileJob:
+def _tile_job(inputs: Inputs, config: RunConfig, stats: SlideStats, scratch: str) -> TileJob:
     """What every tile task needs, built once and shipped with each task."""
     return TileJob(
         slide_path=inputs.slide.path,
@@ -241,7 +158,7 @@ def _schedule(config: RunConfig) -> Schedule:
     return Schedule(config.cluster.tiles_per_predict, config.cluster.in_flight_tiles)
 
 
-def _empty_tiles(inputs: _Inputs, plan: _Plan, stats: SlideStats, config: RunConfig) -> list[int]:
+def _empty_tiles(inputs: Inputs, plan: Plan, stats: SlideStats, config: RunConfig) -> list[int]:
     """Tiles without tissue on the statistics' pyramid level (none unless ``tiling.skip_empty``)."""
     if not config.tiling.skip_empty:
         return []
@@ -263,7 +180,7 @@ def _empty_tiles(inputs: _Inputs, plan: _Plan, stats: SlideStats, config: RunCon
 
 
 def _write_labels(
-    store: str, scratch: str, inputs: _Inputs, grid: TileGrid, plan: StitchPlan,
+    store: str, scratch: str, inputs: Inputs, grid: TileGrid, plan: StitchPlan,
     results: list[TileResult], progress: Progress | None,
 ) -> tuple[dict[str, str], int | None]:
     """Write the stitched primary labels, and the linked nuclei when every tile has them.
@@ -286,7 +203,7 @@ def _write_labels(
     return written, n_nuclei
 
 
-def _expand(store: str, inputs: _Inputs, radius_um: float, progress: Progress | None) -> str:
+def _expand(store: str, inputs: Inputs, radius_um: float, progress: Progress | None) -> str:
     """Grow the nuclei by ``radius_um`` into the cells label image; returns its path."""
     out_names = inputs.out_names
     expand_store(store, source=out_names["nuclei"], target=out_names["cells"],
@@ -296,9 +213,10 @@ def _expand(store: str, inputs: _Inputs, radius_um: float, progress: Progress | 
 
 
 def _measure(
-    store: str, inputs: _Inputs, config: RunConfig, labels: dict[str, str], progress: Progress | None
+    store: str, inputs: Inputs, config: RunConfig, labels: dict[str, str],
+    progress: Progress | None, h5ad: str | Path | None,
 ) -> dict[str, str]:
-    """Measure every cell into the output tables; returns their paths by name."""
+    """Measure every cell into the output tables (and ``h5ad``); returns their paths by name."""
     out_names = inputs.out_names
     measured = measure_store(
         store,
@@ -309,6 +227,7 @@ def _measure(
         distance_um=config.neighbour_distance_um,
         neighbours=config.neighbours,
         morphology=config.morphology,
+        h5ad=h5ad,
         overwrite=True,
         config=config.model_dump(mode="json"),
         image_store=inputs.slide.path,
@@ -317,7 +236,7 @@ def _measure(
     return dict(measured.paths)
 
 
-def _redsea(store: str, inputs: _Inputs, config: RunConfig) -> None:
+def _redsea(store: str, inputs: Inputs, config: RunConfig) -> None:
     """REDSEA-compensated means into the cell tables (boundary band in um)."""
     compensate_store(
         store, table=config.outputs.table, labels=inputs.out_names["cells"],
@@ -345,6 +264,7 @@ def run(
     overwrite: bool = False,
     progress: Progress | None = None,
     resume: bool = False,
+    h5ad: str | Path | None = None,
 ) -> RunResult:
     """Segment a whole slide tile by tile and write stitched labels.
 
@@ -369,6 +289,8 @@ def run(
         the output store: tiles recorded in its scratch manifest are not
         segmented again, and the labels are identical to an uninterrupted
         run. Without an interrupted run this starts a new one.
+    h5ad : str or Path, optional
+        Also write the cell table as an AnnData ``.h5ad`` file.
 
     Returns
     -------
@@ -383,65 +305,97 @@ def run(
         The output store cannot be written.
     """
     if client is None:
+        # Mistakes surface before the cluster's start-up, not after it.
+        check_run(slide_path, config, output=output, overwrite=overwrite, resume=resume,
+                  h5ad=h5ad)
         with connect(config=config.cluster) as local:
             return run(slide_path, config, output=output, client=local,
-                       overwrite=overwrite, progress=progress, resume=resume)
+                       overwrite=overwrite, progress=progress, resume=resume, h5ad=h5ad)
     timings: dict[str, float] = {}
     # dask computes on its global default scheduler unless told otherwise,
     # and the caller's client need not be that default.
-    with computing_on(client):
-        with _timed(timings, "open"):
-            inputs = _open_inputs(slide_path, config)
-            plan = _plan(inputs, config)
-            store = start_output(inputs.slide, None if output is None else str(output),
-                                 inputs.written_names, config, overwrite=overwrite,
-                                 resume=resume, input_key=plan.input_key)
-        with _timed(timings, "stats"):
-            stats = _slide_stats(inputs, plan.stats_level, config, progress)
-            set_status(store, {"stats": stats.to_dict()})
-        scratch, done = prepare_scratch(store, plan.input_key, stats, plan.grid, plan.halo_px, resume)
-        job = _tile_job(inputs, config, stats, scratch)
-        skipped = _empty_tiles(inputs, plan, stats, config)
-        matcher = PairMatcher(client, scratch, plan.grid, config.tiling.min_overlap, skipped)
-        with _timed(timings, "segment"):
-            results = segment_tiles(client, job, plan.grid, progress, done, skip=skipped,
-                                    on_tile=matcher.add, schedule=_schedule(config))
-        with _timed(timings, "stitch"):
-            stitch = matcher.plan(results)
-        with _timed(timings, "write"):
-            labels, n_nuclei = _write_labels(store, scratch, inputs, plan.grid, stitch, results, progress)
-        if config.expand_nuclei_um is not None:
-            with _timed(timings, "expand"):
-                labels["cells"] = _expand(store, inputs, config.expand_nuclei_um, progress)
-        tables: dict[str, str] = {}
-        qc: dict[str, Any] = {}
-        if config.measure and "cells" in labels:
-            with _timed(timings, "measure"):
-                tables = _measure(store, inputs, config, labels, progress)
-            if config.redsea:
-                with _timed(timings, "redsea"):
-                    _redsea(store, inputs, config)
-            if config.qc.enabled:
-                with _timed(timings, "qc"):
-                    qc = run_qc(read_parquet(tables["parquet"]), plan.grid, inputs.pixel_size_um,
-                                config.qc, compensated=config.redsea)
-        result = RunResult(
-            store=str(store),
-            labels=labels,
-            tables=tables,
-            n_cells=stitch.n_objects if "cells" in labels else 0,
-            n_nuclei=n_nuclei,
-            n_tiles=len(plan.grid.tiles),
-            tile_px=plan.grid.tile_px[0],
-            halo_px=plan.halo_px,
-            timings=timings,
-            segment_seconds=float(sum(r.segment_seconds for r in results)),
-            stitch=stitch.stats(),
-            nonfinite_px=sum(r.nonfinite_px for r in results),
-            nonfinite_tiles={r.index: r.nonfinite_px for r in results if r.nonfinite_px},
-            resumed_tiles=len(done),
-            qc=qc,
-            skipped_tiles=len(skipped),
+    started = time.perf_counter()
+    inputs = open_inputs(slide_path, config)
+    plan = plan_run(inputs, config)
+    if h5ad is not None:
+        check_h5ad(Path(h5ad), inputs, config, overwrite)
+    target = output_store(inputs.slide, None if output is None else str(output))
+    with computing_on(client), run_lock(target):
+        store = start_output(inputs.slide, None if output is None else str(output),
+                             inputs.written_names, config, overwrite=overwrite,
+                             resume=resume, input_key=plan.input_key)
+        timings["open"] = time.perf_counter() - started
+        try:
+            result = _stages(store, inputs, plan, config, client, progress, resume, timings, h5ad)
+        except Exception as error:
+            # An interrupt (KeyboardInterrupt) stays "running": that run resumes. A store
+            # that cannot take the record (a full disk) must not hide the error itself.
+            with contextlib.suppress(OSError):
+                mark_failed(store, error)
+            raise
+    return result
+
+
+def _stages(
+    store: str, inputs: Inputs, plan: Plan, config: RunConfig, client: Client,
+    progress: Progress | None, resume: bool, timings: dict[str, float],
+    h5ad: str | Path | None,
+) -> RunResult:
+    """Statistics to measurement (and QC) into the prepared ``store``; marks it complete."""
+    with _timed(timings, "stats"):
+        stats = _slide_stats(inputs, plan.stats_level, config, progress)
+        set_status(store, {"stats": stats.to_dict()})
+    scratch, done = prepare_scratch(store, plan.input_key, stats, plan.grid, plan.halo_px, resume)
+    job = _tile_job(inputs, config, stats, scratch)
+    skipped = _empty_tiles(inputs, plan, stats, config)
+    matcher = PairMatcher(client, scratch, plan.grid, config.tiling.min_overlap, skipped)
+    with _timed(timings, "segment"):
+        results = segment_tiles(client, job, plan.grid, progress, done, skip=skipped,
+                                on_tile=matcher.add, schedule=_schedule(config))
+    with _timed(timings, "stitch"):
+        stitch = matcher.plan(results)
+    with _timed(timings, "write"):
+        labels, n_nuclei = _write_labels(store, scratch, inputs, plan.grid, stitch, results, progress)
+    if config.expand_nuclei_um is not None:
+        with _timed(timings, "expand"):
+            labels["cells"] = _expand(store, inputs, config.expand_nuclei_um, progress)
+    tables: dict[str, str] = {}
+    qc: dict[str, Any] = {}
+    notes: tuple[str, ...] = ()
+    if config.measure and "cells" not in labels:
+        notes = (
+            "no single-cell table: a nuclear-only run has no cells to measure; set "
+            "expand_nuclei_um (e.g. 4) to grow cells from the nuclei, or measure the "
+            "nuclei with `tiled-seg measure STORE --labels nuclei --nuclei ''`.",
         )
-        _finish(store, scratch, result)
+    if config.measure and "cells" in labels:
+        with _timed(timings, "measure"):
+            tables = _measure(store, inputs, config, labels, progress, h5ad)
+        if config.redsea:
+            with _timed(timings, "redsea"):
+                _redsea(store, inputs, config)
+        if config.qc.enabled:
+            with _timed(timings, "qc"):
+                qc = run_qc(read_parquet(tables["parquet"]), plan.grid, inputs.pixel_size_um,
+                            config.qc, compensated=config.redsea)
+    result = RunResult(
+        store=str(store),
+        labels=labels,
+        tables=tables,
+        n_cells=stitch.n_objects if "cells" in labels else 0,
+        n_nuclei=n_nuclei,
+        n_tiles=len(plan.grid.tiles),
+        tile_px=plan.grid.tile_px[0],
+        halo_px=plan.halo_px,
+        timings=timings,
+        segment_seconds=float(sum(r.segment_seconds for r in results)),
+        stitch=stitch.stats(),
+        nonfinite_px=sum(r.nonfinite_px for r in results),
+        nonfinite_tiles={r.index: r.nonfinite_px for r in results if r.nonfinite_px},
+        resumed_tiles=len(done),
+        qc=qc,
+        skipped_tiles=len(skipped),
+        notes=notes,
+    )
+    _finish(store, scratch, result)
     return result

@@ -147,14 +147,18 @@ def _seam_crops(
     return crops
 
 
-def _pairs_in(table: pd.DataFrame, pairs: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+def _pairs_in(
+    table: pd.DataFrame, pairs: Sequence[tuple[str, str]], strict: bool
+) -> list[tuple[str, str]]:
+    """The pairs whose markers the table has; with ``strict`` a missing one is an error."""
     usable = []
     columns = list(table.columns)
     for a, b in pairs:
         try:
             usable.append((resolve_marker(a, columns), resolve_marker(b, columns)))
-        except ChannelError:
-            continue
+        except ChannelError as error:
+            if strict:
+                raise ChannelError(f"marker pair {a}/{b} (--pair): {error}") from None
     return usable
 
 
@@ -192,7 +196,8 @@ def write_report(
     *,
     table: str = "cells",
     labels: str = "cells",
-    pairs: Sequence[tuple[str, str]] = DEFAULT_EXCLUSIVE_PAIRS,
+    pairs: Sequence[tuple[str, str]] | None = None,
+    require_pairs: bool = True,
     thresholds: dict[str, float] | None = None,
     max_side_px: int = 1200,
     n_seam_crops: int = 4,
@@ -218,9 +223,13 @@ def write_report(
         The HTML file; default ``<store>.report/index.html``.
     table, labels : str
         Cell table and label image names.
-    pairs : sequence of (str, str)
-        Mutually exclusive markers; pairs whose markers the table lacks are
-        skipped.
+    pairs : sequence of (str, str), optional
+        Mutually exclusive markers, each of which must be in the table
+        (a :class:`~tiled_seg.errors.ChannelError` otherwise); default the
+        synthetic panel's pairs, those the table lacks skipped.
+    require_pairs : bool
+        With False, given pairs the table lacks are skipped too (a run's
+        configured ``qc.exclusive_pairs``).
     thresholds : dict, optional
         Marker thresholds; default derived per slide (see
         :mod:`tiled_seg.coexpression`).
@@ -240,6 +249,8 @@ def write_report(
     if target.exists() and not overwrite:
         raise OutputExistsError(f"{target} exists; pass --overwrite to replace it.")
     cells = read_parquet(Path(store) / "tables" / f"{table}.parquet")
+    usable = _pairs_in(cells, DEFAULT_EXCLUSIVE_PAIRS if pairs is None else pairs,
+                       strict=pairs is not None and require_pairs)
     attrs = _run_attrs(store)
     summary, config = dict(attrs.get("summary", {})), dict(attrs.get("config", {}))
     slide = open_slide(attrs.get("source") or store, config.get("pixel_size_um"))
@@ -283,7 +294,6 @@ def write_report(
     fig_paths["intensities"] = figs.intensity_figure(folder / "intensities.png", cells, measured)
     captions["intensities"] = "Per-channel distributions of the cell means (boxes: quartiles; whiskers: 1.5 IQR)."
 
-    usable = _pairs_in(cells, pairs)
     result = coexpression(cells, usable, thresholds) if usable else None
     seams = None
     rows: list[tuple[str, Any]] = [

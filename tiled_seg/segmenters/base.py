@@ -140,6 +140,14 @@ class Segmenter(ABC):
         """Largest cell diameter (um) this backend produces; sets an auto halo."""
         return float(getattr(self.options, "max_cell_diameter_um", 30.0))
 
+    def check_model(self) -> None:
+        """Raise :class:`~tiled_seg.errors.BackendError` when the model cannot be found.
+
+        Called once before a run starts any work, so a missing model is
+        reported in seconds; it locates the weights without loading them.
+        Backends without weights have nothing to check.
+        """
+
     @property
     def predict_batch_size(self) -> int:
         """Windows per :meth:`predict` call (the backend's ``batch_size`` option, else 1)."""

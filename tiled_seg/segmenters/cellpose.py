@@ -170,6 +170,11 @@ class CellposeSegmenter(Segmenter):
         wanted = {"whole-cell": {"cell": cell}, "nuclear": {"nuclear": nuclear}}
         return wanted.get(o.compartment, {"cell": cell, "nuclear": nuclear})
 
+    def check_model(self) -> None:
+        """Every weights file this compartment needs must be local (none is downloaded)."""
+        for name in self._model_names().values():
+            _resolve(name)
+
     def load(self) -> dict[str, Any]:
         """The Cellpose models this compartment needs, built once per instance."""
         global _loads

@@ -224,6 +224,11 @@ class MesmerSegmenter(Segmenter):
             )
         return choice is True or (choice == "auto" and _deepcell_available())
 
+    def check_model(self) -> None:
+        """A SavedModel must be found, unless DeepCell may download one with a token."""
+        if self._options.model_path or not os.environ.get("DEEPCELL_ACCESS_TOKEN"):
+            find_model(self._options.model_path)
+
     def load(self) -> Any:
         """The Keras model (own route) or DeepCell application, loaded once."""
         with self._lock:

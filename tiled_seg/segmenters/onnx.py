@@ -374,6 +374,10 @@ class OnnxSegmenter(Segmenter):
             )
         return Path(given).expanduser()
 
+    def check_model(self) -> None:
+        """The model description must exist (it is read, the weights are not loaded)."""
+        self.description()
+
     def description(self) -> ModelDescription:
         """The model description, read once per instance (no session is created)."""
         with self._lock:
