@@ -245,7 +245,8 @@ def test_measure_store_writes_tables(store, tmp_path) -> None:
     assert adata.layers["nuclear"].shape == (n, len(NAMES))
     np.testing.assert_allclose(adata.obsm["spatial"][:, 0], result.table["centroid_x_um"])
     attrs = zarr.open_group(str(path / "tables" / "cells")).attrs.asdict()
-    assert attrs["spatialdata_attrs"] == {"region": "labels/cells", "region_key": "region", "instance_key": "cell_id"}
+    assert {k: attrs[k] for k in ("region", "region_key", "instance_key")} == {
+        "region": "cells", "region_key": "region", "instance_key": "cell_id"}
     assert zarr.open_group(str(path)).metadata.zarr_format == zarr.open_group(str(path / "tables" / "cells")).metadata.zarr_format
     parquet = read_parquet(result.paths["parquet"])
     pd.testing.assert_frame_equal(parquet, result.table)

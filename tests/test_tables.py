@@ -79,7 +79,12 @@ def test_anndata_in_store(tmp_path, version, zarr_format) -> None:
     assert back.obsp["spatial_distances"][0, 3] == 3.0
     group = zarr.open_group(str(store / "tables" / "cells"))
     assert group.metadata.zarr_format == zarr_format
-    assert group.attrs["spatialdata_attrs"]["instance_key"] == "cell_id"
+    # SpatialData's table conventions: attributes in uns and on the group.
+    expected = {"region": "cells", "region_key": "region", "instance_key": "cell_id"}
+    assert back.uns["spatialdata_attrs"] == expected
+    assert {k: group.attrs[k] for k in expected} == expected
+    assert group.attrs["spatialdata-encoding-type"] == "ngff:regions_table"
+    assert back.obs["region"].dtype == "category" and set(back.obs["region"]) == {"cells"}
     with pytest.raises(OutputExistsError):
         write_anndata_zarr(adata, store, "cells", region="labels/cells")
     write_anndata_zarr(adata[:2].copy(), store, "cells", region="labels/cells", overwrite=True)

@@ -15,6 +15,7 @@ from tiled_seg.io._fs import exists, join
 from tiled_seg.io.ngff import list_labels, open_slide, read_labels
 from tiled_seg.io.tables import (
     list_tables,
+    table_metadata,
     write_anndata_zarr,
     write_parquet,
     write_steinbock,
@@ -264,9 +265,15 @@ def measure_store(
     )
     paths: dict[str, str] = {}
     if "parquet" in outputs:
-        paths["parquet"] = write_parquet(table, planned["parquet"], overwrite=overwrite)
+        provenance = dict(pixel_size_um=slide.pixel_size_um, source_image=slide.path,
+                          labels=f"labels/{labels}", config=config)
+        paths["parquet"] = write_parquet(
+            table, planned["parquet"], metadata=table_metadata(table, **provenance),
+            overwrite=overwrite,
+        )
         paths["neighbours"] = write_parquet(
-            edges, join(tables_dir, f"{table_name}_neighbours.parquet"), overwrite=overwrite
+            edges, join(tables_dir, f"{table_name}_neighbours.parquet"),
+            metadata=table_metadata(edges, **provenance), overwrite=overwrite,
         )
     adata = None
     if "anndata" in outputs or h5ad is not None:
