@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from tiled_seg._cli import catch_errors, main
+from tiled_seg.io.tables import DEFAULT_TABLE
 from tiled_seg.measure import NEIGHBOURS, measure_store
 
 
@@ -16,7 +17,7 @@ from tiled_seg.measure import NEIGHBOURS, measure_store
     help="Nucleus label image for compartment means (skipped when absent); '' to skip.",
 )
 @click.option("--channels", default=None, help="Comma-separated channel names (default: all).")
-@click.option("--table-name", default="cells", show_default=True, help="Name under tables/.")
+@click.option("--table-name", default=DEFAULT_TABLE, show_default=True, help="Name under tables/.")
 @click.option("--distance-um", default=20.0, show_default=True, type=float,
               help="Largest centroid (or border, with --neighbours borders) distance (um) "
                    "of the neighbour graph.")

@@ -5,12 +5,13 @@ from __future__ import annotations
 import click
 
 from tiled_seg._cli import catch_errors, main
+from tiled_seg.io.tables import DEFAULT_TABLE
 
 
 @main.command("report")
 @click.argument("store")
 @click.option("--out", default=None, help="HTML file to write [default: STORE.report/index.html].")
-@click.option("--table", default="cells", show_default=True, help="Cell table under tables/.")
+@click.option("--table", default=DEFAULT_TABLE, show_default=True, help="Cell table under tables/.")
 @click.option("--labels", default="cells", show_default=True, help="Label image under labels/.")
 @click.option("--pair", "pairs", multiple=True, metavar="A/B",
               help="Mutually exclusive markers (repeatable) [default: the synthetic panel's pairs].")

@@ -548,7 +548,7 @@ def display_windows(sample: np.ndarray) -> list[dict[str, float]]:
         low, high = np.percentile(channel, WINDOW_PERCENTILES)
         # A constant channel still needs a window a viewer can draw.
         end = float(high) if high > low else float(low) + 1.0
-        windows.append({"start": float(low), "end": end,
+        windows.append({"start": round(float(low), 3), "end": round(end, 3),
                         "min": float(channel.min()), "max": max(float(channel.max()), end)})
     return windows
 

@@ -28,6 +28,7 @@ from tiled_seg.errors import InputNotFoundError, OutputExistsError
 from tiled_seg.io._fs import exists, filesystem, is_url, remove_tree
 
 __all__ = [
+    "DEFAULT_TABLE",
     "write_parquet",
     "read_parquet",
     "read_parquet_metadata",
@@ -39,6 +40,11 @@ __all__ = [
     "write_steinbock",
     "list_tables",
 ]
+
+
+#: Default name of the cell table: SpatialData names elements uniquely across
+#: images, labels and tables, so it must differ from the label name ``cells``.
+DEFAULT_TABLE = "cell_table"
 
 
 def _check_free(path: str | Path, overwrite: bool) -> None:

@@ -14,6 +14,7 @@ from tiled_seg.errors import ChannelError, ConfigError, OutputExistsError, Pixel
 from tiled_seg.io._fs import exists, join
 from tiled_seg.io.ngff import list_labels, open_slide, read_labels
 from tiled_seg.io.tables import (
+    DEFAULT_TABLE,
     list_tables,
     table_metadata,
     write_anndata_zarr,
@@ -170,7 +171,7 @@ def measure_store(
     nuclei: str | None = "nuclei",
     channels: Sequence[str] | None = None,
     pixel_size_um: float | None = None,
-    table_name: str = "cells",
+    table_name: str = DEFAULT_TABLE,
     distance_um: float = 20.0,
     outputs: Sequence[str] = OUTPUTS,
     *,

@@ -86,9 +86,9 @@ def _prepare_output(
         remove_tree(store)
         version = slide.ngff_version
         group = zarr.open_group(store, mode="w", zarr_format=3 if version == "0.5" else 2)
+        group.attrs["tiled_seg"] = {"source": slide.path}
         # A valid image store: its labels' parent must be the multiscale image.
         link_image(slide.path, store)
-        group.attrs["tiled_seg"] = {"source": slide.path}
         return store
     present = [n for n in names if n in list_labels(store)]
     if present and not overwrite:
