@@ -306,7 +306,7 @@ def test_cli_measure(store, tmp_path) -> None:
                "--steinbock", str(tmp_path / "sb")],
     )
     assert borders.exit_code == 0, borders.output
-    steinbock = pd.read_csv(tmp_path / "sb" / "neighbors.csv")
+    steinbock = pd.read_csv(tmp_path / "sb" / "neighbors" / "slide.csv")
     assert len(steinbock) == 2 * len(_border_brute_force(labels, 1.5 / 0.5))
     assert steinbock["Distance"].max() <= 3.0
     wrong = CliRunner().invoke(main, ["measure", str(path), "--overwrite", "--neighbours", "knn"])

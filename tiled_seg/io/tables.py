@@ -1,4 +1,4 @@
-"""Write and read single-cell tables: Parquet, AnnData (zarr / h5ad), steinbock CSV.
+"""Write and read single-cell tables: Parquet and AnnData (zarr / h5ad).
 
 The AnnData goes into ``<store>/tables/<name>`` as a SpatialData table: an
 AnnData zarr group whose ``uns['spatialdata_attrs']`` (and group attributes,
@@ -37,7 +37,6 @@ __all__ = [
     "write_anndata_zarr",
     "spatialdata_table",
     "read_anndata_zarr",
-    "write_steinbock",
     "list_tables",
 ]
 
@@ -268,46 +267,3 @@ def read_anndata_zarr(store: str | Path, name: str) -> ad.AnnData:
             f"{', '.join(list_tables(store)) or 'none'}. Run `tiled-seg measure` first."
         )
     return ad.read_zarr(f"{str(store).rstrip('/')}/tables/{name}")
-
-
-def write_steinbock(
-    directory: str | Path,
-    intensities: pd.DataFrame,
-    regionprops: pd.DataFrame,
-    neighbors: pd.DataFrame,
-    *,
-    overwrite: bool = False,
-) -> dict[str, str]:
-    """Write steinbock-style ``intensities.csv``, ``regionprops.csv``, ``neighbors.csv``.
-
-    Parameters
-    ----------
-    directory : str or Path
-        Output folder, created if needed.
-    intensities : DataFrame
-        ``Object`` (cell id) then one mean-intensity column per channel.
-    regionprops : DataFrame
-        ``Object`` then skimage-named properties (``area``, ``centroid-0``,
-        ``centroid-1``, ``axis_major_length``, ...; px units as in steinbock).
-    neighbors : DataFrame
-        ``Object``, ``Neighbor``, ``Distance`` (px), one row per direction.
-
-    Returns
-    -------
-    dict of str
-        Path of each written file by kind.
-    """
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    paths: dict[str, str] = {}
-    frames: dict[str, Any] = {
-        "intensities": intensities,
-        "regionprops": regionprops,
-        "neighbors": neighbors,
-    }
-    for kind, frame in frames.items():
-        path = directory / f"{kind}.csv"
-        _check_free(path, overwrite)
-        frame.to_csv(path, index=False)
-        paths[f"steinbock_{kind}"] = str(path)
-    return paths

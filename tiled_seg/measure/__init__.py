@@ -17,7 +17,7 @@ from tiled_seg.measure._store import (
     measure_store,
     neighbour_edges,
 )
-from tiled_seg.measure._table import cell_table, link_nuclei, steinbock_frames, to_anndata
+from tiled_seg.measure._table import cell_table, link_nuclei, to_anndata
 
 __all__ = [
     "MeasureResult",
@@ -40,5 +40,4 @@ __all__ = [
     "cell_table",
     "link_nuclei",
     "to_anndata",
-    "steinbock_frames",
 ]

@@ -19,8 +19,8 @@ from tiled_seg.io.tables import (
     table_metadata,
     write_anndata_zarr,
     write_parquet,
-    write_steinbock,
 )
+from tiled_seg.io.steinbock import image_name, steinbock_tables, write_steinbock
 from tiled_seg.measure._distributed import (
     aggregate_cells,
     border_edges_dask,
@@ -28,7 +28,7 @@ from tiled_seg.measure._distributed import (
     touching_dask,
 )
 from tiled_seg.measure._neighbours import centroid_pairs
-from tiled_seg.measure._table import cell_table, steinbock_frames, to_anndata
+from tiled_seg.measure._table import cell_table, to_anndata
 
 __all__ = [
     "MeasureResult", "measure_arrays", "neighbour_edges", "measure_store", "OUTPUTS", "NEIGHBOURS",
@@ -210,7 +210,9 @@ def measure_store(
     h5ad : str or Path, optional
         Also write the AnnData there.
     steinbock_dir : str or Path, optional
-        Also write steinbock CSVs (intensities, regionprops, neighbors) there.
+        Also export to this steinbock folder: ``intensities/<img>.csv``,
+        ``regionprops/<img>.csv``, ``neighbors/<img>.csv``, ``panel.csv``,
+        ``<img>`` the store's name (see :mod:`tiled_seg.io.steinbock`).
     connectivity : {1, 2}
         Pixel contact rule of the touching graph (4- or 8-connectivity).
     neighbours : {"centroids", "borders"}
@@ -293,10 +295,10 @@ def measure_store(
         adata.write_h5ad(target)
         paths["h5ad"] = str(target)
     if steinbock_dir is not None:
-        frames = steinbock_frames(
+        frames = steinbock_tables(
             table, names, edges, slide.pixel_size_um, distance_kind=_EDGE_KIND[neighbours]
         )
-        paths.update(write_steinbock(steinbock_dir, *frames, overwrite=overwrite))
+        paths.update(write_steinbock(steinbock_dir, image_name(store), frames, overwrite=overwrite))
     return MeasureResult(
         paths=paths,
         n_cells=len(table),
