@@ -498,6 +498,9 @@ def write_image(
     group = _create_group(path, ngff_version, overwrite)
     level = da.asarray(data).rechunk((1, chunk_px, chunk_px))
     shapes = pyramid_shapes(level.shape[1:], chunk_px)
+    # Display windows from the finest level small enough to read whole.
+    sample_index = next((i for i, (y, x) in enumerate(shapes) if y * x <= WINDOW_SAMPLE_PX),
+                        len(shapes) - 1)
     for index in range(len(shapes)):
         if index:
             level = _downsample_image(level).rechunk((1, chunk_px, chunk_px))
@@ -507,8 +510,10 @@ def write_image(
         )
         da.store(level, target, lock=False)
         level = da.from_zarr(target)
+        if index == sample_index:
+            sample = level
     omero = {
-        "channels": _omero_channels(names, extra, level),
+        "channels": _omero_channels(names, extra, sample),
         "rdefs": {"model": "color", "defaultZ": 0, "defaultT": 0},
     }
     if ngff_version == "0.4":
@@ -530,12 +535,16 @@ CHANNEL_COLOURS = (
 #: Channels shown when a viewer opens the image; the rest are listed, off.
 ACTIVE_CHANNELS = 3
 
+#: Largest pyramid level (y x px) the display windows are computed on; finer
+#: levels are skipped, coarser ones are smoothed (their tails are shorter).
+WINDOW_SAMPLE_PX = 4_000_000
+
 #: Percentiles of the display window ``start`` and ``end``.
 WINDOW_PERCENTILES = (0.1, 99.9)
 
 
-def display_windows(sample: np.ndarray) -> list[dict[str, float]]:
-    """``omero`` display windows of each channel of a ``(C, Y, X)`` sample.
+def display_windows(sample: np.ndarray | da.Array) -> list[dict[str, float]]:
+    """``omero`` display windows of each channel of a ``(C, Y, X)`` sample, read one channel at a time.
 
     ``start`` and ``end`` are the 0.1th and 99.9th percentiles (the contrast
     a viewer opens with), ``min`` and ``max`` the sample's range.
@@ -544,7 +553,8 @@ def display_windows(sample: np.ndarray) -> list[dict[str, float]]:
     1998.0
     """
     windows = []
-    for channel in sample.astype(np.float64):
+    for index in range(sample.shape[0]):
+        channel = np.asarray(sample[index], dtype=np.float64)
         low, high = np.percentile(channel, WINDOW_PERCENTILES)
         # A constant channel still needs a window a viewer can draw.
         end = float(high) if high > low else float(low) + 1.0
@@ -554,10 +564,10 @@ def display_windows(sample: np.ndarray) -> list[dict[str, float]]:
 
 
 def _omero_channels(
-    names: list[str], extra: list[Mapping[str, Any]], coarsest: da.Array
+    names: list[str], extra: list[Mapping[str, Any]], sample: da.Array
 ) -> list[dict[str, Any]]:
-    """``omero`` channel records: windows from the coarsest level, distinct colours, a few active."""
-    windows = display_windows(np.asarray(coarsest))
+    """``omero`` channel records: windows from a ``(C, Y, X)`` sample level, distinct colours, a few active."""
+    windows = display_windows(sample)
     return [
         {
             **more,
