@@ -79,3 +79,7 @@ class OutputNotWritableError(TiledSegError, PermissionError):
 
 class ResumeError(TiledSegError):
     """An interrupted run cannot be resumed with the given input and configuration."""
+
+
+class DependencyError(TiledSegError, ImportError):
+    """An optional package a command needs is not installed."""
