@@ -183,6 +183,6 @@ def _full_resolution(element):
 def test_export_without_spatialdata_says_how_to_install(tmp_path, slides, monkeypatch):
     # None in sys.modules makes ``import spatialdata`` fail as if it were not installed.
     monkeypatch.setitem(sys.modules, "spatialdata", None)
-    result = CliRunner().invoke(main, ["export", "spatialdata", slides["0.5"].path,
+    result = CliRunner().invoke(main, ["export", "spatialdata", str(slides["0.5"].path),
                                        str(tmp_path / "x.zarr")])
     assert result.exit_code == 2 and "tiled-seg[spatialdata]" in result.output
