@@ -550,7 +550,7 @@ def display_windows(sample: np.ndarray | da.Array) -> list[dict[str, float]]:
     a viewer opens with), ``min`` and ``max`` the sample's range.
 
     >>> display_windows(np.arange(2000.0).reshape(1, 40, 50))[0]["end"]
-    1998.0
+    1997.001
     """
     windows = []
     for index in range(sample.shape[0]):
