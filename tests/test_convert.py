@@ -192,7 +192,9 @@ def test_real_mibitiff(tmp_path):
     np.testing.assert_array_equal(slide.data.compute(), expected)
     # 400 um field of view over 1024 px.
     assert slide.pixel_size_um == pytest.approx(400 / 1024)
-    assert [level.shape for level in slide.levels] == [(22, 1024, 1024), (22, 512, 512), (22, 256, 256)]
+    # Default 512 px chunks: levels down to the chunk size.
+    assert [level.shape for level in slide.levels] == [(22, 1024, 1024), (22, 512, 512)]
+    assert slide.chunk_yx == (512, 512)
     assert _sha256(source) == before
 
 

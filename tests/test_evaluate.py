@@ -172,8 +172,14 @@ def test_evaluate_paths_on_chunked_ngff(tmp_path) -> None:
     write_image(str(store), np.zeros((1, *true.shape), np.uint16), ["DNA"], 1.0, chunk_px=16)
     write_labels(str(store), "cells", pred, 1.0, chunk_px=16)
     write_labels(str(store), "gt", true, 1.0, chunk_px=16)
-    lazy = open_label_image(f"{store}/labels/cells")
+    # Blocks of whole zarr chunks: 16 px blocks cut every 6 px object grid.
+    lazy = open_label_image(f"{store}/labels/cells", chunk_px=16)
     assert lazy.chunksize == (16, 16)
+    assert open_label_image(f"{store}/labels/cells").chunksize == true.shape
+    from tiled_seg.evaluate import contingency_dask, match_from_contingency
+
+    blocked = contingency_dask(lazy, open_label_image(f"{store}/labels/gt", chunk_px=16))
+    assert match_from_contingency(blocked, 0.5) == match_labels(pred, true)
     result = evaluate_paths(f"{store}/labels/cells", f"{store}/labels/gt/", 0.5)
     assert result == match_labels(pred, true)
     assert result.n_true > 30 and result.fn > 0

@@ -34,7 +34,7 @@ def test_equals_whole_image(distance_px: float, chunks: tuple[int, int]) -> None
     points = rng.integers(0, labels.shape, size=(15, 2))
     labels[points[:, 0], points[:, 1]] = np.arange(26, 41, dtype=np.uint32)
     expected = expand_labels(labels, distance_px)
-    result = expand_labels_dask(da.from_array(labels, chunks=chunks), distance_px)
+    result = expand_labels_dask(da.from_array(labels, chunks=chunks), distance_px, block_px=chunks[0])
     assert result.shape == labels.shape
     got = result.compute()
     assert got.dtype == expected.dtype
@@ -43,7 +43,7 @@ def test_equals_whole_image(distance_px: float, chunks: tuple[int, int]) -> None
 
 def test_cell_count_unchanged_and_nuclei_kept() -> None:
     labels = _nuclei((50, 50), 12, seed=5)
-    got = expand_labels_dask(da.from_array(labels, chunks=9), 5).compute()
+    got = expand_labels_dask(da.from_array(labels, chunks=9), 5, block_px=9).compute()
     assert set(np.unique(got)) == set(np.unique(labels))
     inside = labels > 0
     assert np.array_equal(got[inside], labels[inside])

@@ -18,17 +18,21 @@ from tiled_seg._cli import main
 from tiled_seg.errors import ChannelError, ConfigError, OutputExistsError
 from tiled_seg.io.ngff import write_image, write_labels
 from tiled_seg.io.tables import read_anndata_zarr, read_parquet
+from tiled_seg.io.regions import RegionReader
 from tiled_seg.measure import (
-    MORPHOLOGY_COLUMNS,
+    HULL_COLUMNS,
+    MeasureJob,
     block_partials,
-    border_edges_dask,
     border_pairs,
     combine_partials,
     link_nuclei,
     measure_arrays,
+    measure_block,
+    measure_blocks,
     measure_store,
     touching_pairs,
 )
+from tiled_seg.tiling import Box, plan_blocks
 
 NAMES = ["dna", "cd3", "ker"]
 
@@ -50,48 +54,80 @@ def _reference(labels, image, properties):
     return pd.DataFrame(table)
 
 
-@pytest.mark.parametrize("label_chunks,image_chunks", [(16, (1, 16, 16)), (13, (3, 20, 24))])
-def test_intensities_match_regionprops(label_chunks, image_chunks) -> None:
+def _job(labels, image=None, nuclei=None, **options) -> MeasureJob:
+    image = np.zeros((1, *labels.shape)) if image is None else image
+    return MeasureJob(
+        RegionReader(labels), RegionReader(image, ("c", "y", "x")),
+        None if nuclei is None else RegionReader(nuclei), **options,
+    )
+
+
+@pytest.mark.parametrize("label_chunks,image_chunks,block_px", [
+    (16, (1, 16, 16), 16), (13, (3, 20, 24), 26), (16, (1, 16, 16), 1024),
+])
+def test_intensities_match_regionprops(label_chunks, image_chunks, block_px) -> None:
     labels, image = _slide()
     table = measure_arrays(
         da.from_array(labels, chunks=label_chunks),
         da.from_array(image, chunks=image_chunks),
-        NAMES, 0.5, morphology=False,
+        NAMES, 0.5, block_px=block_px,
     )
     ref = _reference(labels, image, ("label", "area", "centroid", "intensity_mean", "bbox"))
     assert np.array_equal(table["cell_id"], ref["label"])
-    assert np.array_equal(table["area"], ref["area"])
-    np.testing.assert_allclose(table["centroid_y"], ref["centroid-0"], rtol=1e-6)
-    np.testing.assert_allclose(table["centroid_x"], ref["centroid-1"], rtol=1e-6)
+    assert np.array_equal(table["area_px"], ref["area"])
+    np.testing.assert_allclose(table["area_um2"], ref["area"] * 0.25, rtol=1e-12)
+    np.testing.assert_allclose(table["centroid_y_px"], ref["centroid-0"], rtol=1e-6)
+    np.testing.assert_allclose(table["centroid_x_px"], ref["centroid-1"], rtol=1e-6)
     np.testing.assert_allclose(table["centroid_x_um"], ref["centroid-1"] * 0.5, rtol=1e-6)
     for index, name in enumerate(NAMES):
         np.testing.assert_allclose(table[name], ref[f"intensity_mean-{index}"], rtol=1e-6)
     for index, corner in enumerate(("min_y", "min_x", "max_y", "max_x")):
-        assert np.array_equal(table[f"bbox_{corner}"], ref[f"bbox-{index}"])
+        assert np.array_equal(table[f"bbox_{corner}_px"], ref[f"bbox-{index}"])
 
 
-def test_morphology_matches_regionprops() -> None:
+@pytest.mark.parametrize("block_px", [16, 48, 1024])
+def test_morphology_matches_regionprops(block_px) -> None:
     labels, image = _slide(seed=2)
+    # Blocks of 16 px cut every ~20 px cell: perimeter and moments merge across blocks.
     table = measure_arrays(
-        da.from_array(labels, chunks=16), da.from_array(image, chunks=(1, 16, 16)), NAMES, 1.0
+        da.from_array(labels, chunks=16), da.from_array(image, chunks=(1, 16, 16)), NAMES, 0.5,
+        morphology="full", block_px=block_px,
     )
     ref = _reference(
         labels, image,
-        ("label", "perimeter", "eccentricity", "solidity", "axis_major_length",
+        ("label", "perimeter", "eccentricity", "orientation", "solidity", "axis_major_length",
          "axis_minor_length", "area_filled", "equivalent_diameter_area"),
     )
     pairs = {
-        "perimeter": "perimeter", "eccentricity": "eccentricity", "solidity": "solidity",
-        "major_axis_length": "axis_major_length", "minor_axis_length": "axis_minor_length",
+        "perimeter_px": "perimeter", "eccentricity": "eccentricity", "solidity": "solidity",
+        "orientation_rad": "orientation",
+        "major_axis_length_px": "axis_major_length", "minor_axis_length_px": "axis_minor_length",
     }
     for ours, theirs in pairs.items():
-        np.testing.assert_allclose(table[ours], ref[theirs], rtol=1e-9)
-    np.testing.assert_allclose(table["fill"], table["area"] / ref["area_filled"], rtol=1e-12)
+        np.testing.assert_allclose(table[ours], ref[theirs], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(table["perimeter_um"], ref["perimeter"] * 0.5, rtol=1e-9)
+    np.testing.assert_allclose(table["major_axis_length_um"], ref["axis_major_length"] * 0.5, rtol=1e-9)
+    np.testing.assert_allclose(table["fill"], table["area_px"] / ref["area_filled"], rtol=1e-12)
     np.testing.assert_allclose(
         table["aspect_ratio"], ref["axis_major_length"] / ref["equivalent_diameter_area"], rtol=1e-12
     )
-    assert set(MORPHOLOGY_COLUMNS) <= set(table.columns)
+    assert set(HULL_COLUMNS) <= set(table.columns)
     assert (table["fill"] < 1).any(), "the random holes should leave some cells with fill < 1"
+
+
+def test_default_morphology_has_no_hull_columns_and_orientation_edge_cases() -> None:
+    labels = np.zeros((40, 40), np.int32)
+    labels[2:9, 2:9] = 1  # square: a == c, b == 0
+    labels[12:14, 2:30] = 2  # horizontal bar
+    labels[16:36, 20:22] = 3  # vertical bar
+    for i in range(8):
+        labels[20 + i, 2 + i : 4 + i] = 4  # diagonal
+    table = measure_arrays(labels, np.ones((1, 40, 40)), ["one"], 1.0)
+    assert not set(HULL_COLUMNS) & set(table.columns)
+    ref = _reference(labels, np.ones((1, 40, 40)), ("label", "orientation", "eccentricity", "perimeter"))
+    np.testing.assert_allclose(table["orientation_rad"], ref["orientation"], atol=1e-12)
+    np.testing.assert_allclose(table["perimeter_px"], ref["perimeter"], rtol=1e-12)
+    np.testing.assert_allclose(table["eccentricity"], ref["eccentricity"], atol=1e-12)
 
 
 def test_mesmer_shape_metrics_on_known_shapes() -> None:
@@ -100,7 +136,9 @@ def test_mesmer_shape_metrics_on_known_shapes() -> None:
     labels[30:55, 30:70] = 2  # rectangle with two deep notches
     labels[30:42, 40:44] = 0
     labels[43:55, 55:59] = 0
-    table = measure_arrays(da.from_array(labels, chunks=16), da.zeros((1, 60, 80), chunks=16), ["z"], 1.0)
+    table = measure_arrays(
+        da.from_array(labels, chunks=16), da.zeros((1, 60, 80), chunks=16), ["z"], 1.0, morphology="full"
+    )
     square, notched = table.iloc[0], table.iloc[1]
     assert square["concavities"] == 0 and notched["concavities"] == 2
     assert square["asymmetry"] == pytest.approx(0.0)
@@ -129,7 +167,7 @@ def test_nuclear_compartments_and_linkage() -> None:
     nuclei[(image[0] % 3) == 0] = 0
     table = measure_arrays(
         da.from_array(labels, chunks=16), da.from_array(image, chunks=(1, 16, 16)),
-        NAMES, 1.0, da.from_array(nuclei, chunks=16), morphology=False,
+        NAMES, 1.0, da.from_array(nuclei, chunks=16), block_px=16,
     )
     for _, row in table.iterrows():
         cell = labels == row["cell_id"]
@@ -155,12 +193,11 @@ def test_link_nuclei_by_maximum_overlap() -> None:
 
 
 @pytest.mark.parametrize("connectivity", [1, 2])
-def test_touching_pairs_across_chunks(connectivity) -> None:
-    from tiled_seg.measure import touching_dask
-
+def test_touching_pairs_across_blocks(connectivity) -> None:
     labels, _ = _slide(seed=5)
     expected = touching_pairs(labels, connectivity)
-    got = touching_dask(da.from_array(labels, chunks=11), connectivity)
+    job = _job(da.from_array(labels, chunks=11), connectivity=connectivity)
+    got = measure_blocks(job, plan_blocks(labels.shape, (11, 11), 11)).touching
     assert np.array_equal(got, expected)
     assert len(expected) > 10
     # A diagonal-only contact counts with 8- but not 4-connectivity.
@@ -184,13 +221,13 @@ def _border_brute_force(labels, dmax):
 def test_border_edges_match_brute_force(dmax) -> None:
     labels, _ = _slide(shape=(48, 56), n=14, seed=8)
     expected = _border_brute_force(labels, dmax)
-    # Chunks of 5 px: smaller than the cells and than the larger dmax values.
-    got = border_edges_dask(da.from_array(labels, chunks=5), dmax)
-    assert np.array_equal(got[["cell_a", "cell_b"]].to_numpy(), expected[["cell_a", "cell_b"]].to_numpy())
-    np.testing.assert_allclose(got["distance_px"], expected["distance_px"], rtol=1e-12)
+    # Blocks of 5 px: smaller than the cells and than the larger dmax values.
+    got = measure_blocks(_job(labels, border_dmax_px=dmax), plan_blocks(labels.shape, (5, 5), 5))
+    assert np.array_equal(got.border, expected[["cell_a", "cell_b"]].to_numpy())
+    np.testing.assert_allclose(got.border_px, expected["distance_px"], rtol=1e-12)
     pairs, distances = border_pairs(labels, dmax)
-    assert np.array_equal(pairs, got[["cell_a", "cell_b"]].to_numpy())
-    np.testing.assert_allclose(distances, got["distance_px"], rtol=1e-12)
+    assert np.array_equal(pairs, got.border)
+    np.testing.assert_allclose(distances, got.border_px, rtol=1e-12)
     assert len(expected) > 5
     if dmax == 1.0:
         # Closest pixels 1 px apart means touching by an edge.
@@ -207,13 +244,31 @@ def test_border_pairs_across_background_gap() -> None:
     assert pairs.tolist() == [[1, 2]] and distances[0] == pytest.approx(np.sqrt(13))
     assert border_pairs(labels, 3.6)[0].size == 0
     with pytest.raises(ConfigError, match="> 0"):
-        border_edges_dask(da.from_array(labels), 0.0)
+        border_pairs(labels, 0.0)
+
+
+def test_measure_block_alone_equals_its_share_of_the_slide() -> None:
+    labels, image = _slide(seed=9)
+    core = Box(20, 52, 30, 70)
+    window = core.grow(2, labels.shape)
+    part = measure_block(
+        labels[window.slices], core.relative_to(window), (window.y0, window.x0),
+        image[(slice(None), *core.slices)],
+    )
+    expected = block_partials(labels[core.slices], image[(slice(None), *core.slices)], (core.y0, core.x0))
+    for key, value in expected.items():
+        np.testing.assert_array_equal(part.cells[key], value)
+    assert (part.cells["perimeter"] > 0).all()
+    assert len(part.touching) > 0
 
 
 def test_result_independent_of_chunking() -> None:
     labels, image = _slide(seed=6)
     tables = [
-        measure_arrays(da.from_array(labels, chunks=c), da.from_array(image, chunks=(1, c, c)), NAMES, 1.0)
+        measure_arrays(
+            da.from_array(labels, chunks=c), da.from_array(image, chunks=(1, c, c)), NAMES, 1.0,
+            block_px=c, morphology="full",
+        )
         for c in (9, 16, 200)
     ]
     for other in tables[1:]:

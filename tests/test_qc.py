@@ -24,9 +24,9 @@ def test_cut_objects_finds_seam_cuts() -> None:
 def test_density_and_sizes() -> None:
     # 2 um/px, 100 um bins = 50 px; slide 100 x 75 px: bins 50x50, 50x25 (partial).
     table = pd.DataFrame({
-        "centroid_y": [10.0, 20, 30, 60, 70],
-        "centroid_x": [10.0, 20, 60, 10, 70],
-        "area": [10, 20, 30, 40, 50],
+        "centroid_y_px": [10.0, 20, 30, 60, 70],
+        "centroid_x_px": [10.0, 20, 60, 10, 70],
+        "area_px": [10, 20, 30, 40, 50],
     })
     density = density_per_mm2(table, 2.0, 100.0, shape_yx=(100, 75))
     full, half = (0.1 * 0.1), (0.1 * 0.05)

@@ -32,7 +32,7 @@ def test_formula_by_hand(reinforce: bool, expected: list[float]) -> None:
     np.testing.assert_array_equal(tables["pairs"], [[1, 2, 12]])
     out = redsea_arrays(labels, image, ["CD3"], element_size=1, reinforce=reinforce)
     # S1 = 24, S2 = 3: S' = S + c E_own - E_neighbour, clipped at 0; means over 24 px.
-    np.testing.assert_allclose(out[f"CD3{REDSEA_SUFFIX}"] * out["area"], expected)
+    np.testing.assert_allclose(out[f"CD3{REDSEA_SUFFIX}"] * out["area_px"], expected)
     np.testing.assert_allclose(out["CD3"], [1.0, 0.125])
 
 

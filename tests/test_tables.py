@@ -33,16 +33,16 @@ def _table() -> pd.DataFrame:
     table = pd.DataFrame(
         {
             "cell_id": np.arange(1, n + 1),
-            "area": rng.integers(10, 50, n),
-            "centroid_y": rng.random(n) * 10,
-            "centroid_x": rng.random(n) * 10,
+            "area_px": rng.integers(10, 50, n),
+            "centroid_y_px": rng.random(n) * 10,
+            "centroid_x_px": rng.random(n) * 10,
         }
     )
-    table["centroid_y_um"] = table["centroid_y"] * 0.5
-    table["centroid_x_um"] = table["centroid_x"] * 0.5
+    table["centroid_y_um"] = table["centroid_y_px"] * 0.5
+    table["centroid_x_um"] = table["centroid_x_px"] * 0.5
     for name in NAMES:
         table[name] = rng.random(n)
-        table[f"{name}_sum"] = table[name] * table["area"]
+        table[f"{name}_sum"] = table[name] * table["area_px"]
     return table
 
 

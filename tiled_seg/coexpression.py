@@ -6,7 +6,7 @@ together, such as CD3 (T cells) and CD20 (B cells). The rate of such cells is
 a ground-truth-free check of segmentation quality (DESIGN, stage 9).
 
 Everything here works from the cell table (one row per cell: the channel
-means under the channel names, ``centroid_y`` / ``centroid_x`` in px), as
+means under the channel names, ``centroid_y_px`` / ``centroid_x_px``), as
 ``tiled_seg.measure.measure_store`` writes it to ``tables/<name>.parquet``.
 
 Thresholds
@@ -270,9 +270,9 @@ def coexpression(
 def _shape_of(table: pd.DataFrame, shape_yx: tuple[int, int] | None) -> tuple[int, int]:
     if shape_yx is not None:
         return int(shape_yx[0]), int(shape_yx[1])
-    if "bbox_max_y" in table:
-        return int(table["bbox_max_y"].max()), int(table["bbox_max_x"].max())
-    return int(np.ceil(table["centroid_y"].max())) + 1, int(np.ceil(table["centroid_x"].max())) + 1
+    if "bbox_max_y_px" in table:
+        return int(table["bbox_max_y_px"].max()), int(table["bbox_max_x_px"].max())
+    return int(np.ceil(table["centroid_y_px"].max())) + 1, int(np.ceil(table["centroid_x_px"].max())) + 1
 
 
 def binned_rates(
@@ -289,7 +289,7 @@ def binned_rates(
     Parameters
     ----------
     table : DataFrame
-        Cell table with ``centroid_y`` / ``centroid_x`` (px).
+        Cell table with ``centroid_y_px`` / ``centroid_x_px``.
     flags : ndarray of bool, shape (n_cells,)
         E.g. :attr:`CoexpressionResult.impossible`.
     bin_px : int
@@ -308,8 +308,8 @@ def binned_rates(
         raise ConfigError(f"bin_px must be a positive number of pixels; got {bin_px}.")
     height, width = _shape_of(table, shape_yx)
     rows, cols = -(-height // bin_px), -(-width // bin_px)
-    by = np.clip((table["centroid_y"].to_numpy() // bin_px).astype(np.int64), 0, rows - 1)
-    bx = np.clip((table["centroid_x"].to_numpy() // bin_px).astype(np.int64), 0, cols - 1)
+    by = np.clip((table["centroid_y_px"].to_numpy() // bin_px).astype(np.int64), 0, rows - 1)
+    bx = np.clip((table["centroid_x_px"].to_numpy() // bin_px).astype(np.int64), 0, cols - 1)
     index = by * cols + bx
     counts = np.bincount(index, minlength=rows * cols).reshape(rows, cols)
     flagged = np.bincount(index, weights=np.asarray(flags, np.float64), minlength=rows * cols)
@@ -326,7 +326,7 @@ def seam_distance_px(
         raise ConfigError(f"tile_px must be a positive number of pixels; got {tile_px}.")
     height, width = _shape_of(table, shape_yx)
     distance = np.full(len(table), np.inf)
-    for column, extent in (("centroid_y", height), ("centroid_x", width)):
+    for column, extent in (("centroid_y_px", height), ("centroid_x_px", width)):
         seams = np.arange(tile_px, extent, tile_px, dtype=np.float64)
         if seams.size == 0:
             continue
@@ -348,7 +348,7 @@ def seam_check(
     Parameters
     ----------
     table : DataFrame
-        Cell table with ``centroid_y`` / ``centroid_x`` (px).
+        Cell table with ``centroid_y_px`` / ``centroid_x_px``.
     flags : ndarray of bool, shape (n_cells,)
     tile_px, halo_px : int
         The run's core size and halo (px), from the store's

@@ -202,6 +202,10 @@ class RunConfig(_Section):
     #: nuclear-only backends; needs ``compartment: nuclear``.
     expand_nuclei_um: float | None = Field(None, gt=0)
     measure: bool = True
+    #: Shape columns of the tables: "default" (area, perimeter, moment
+    #: features; vectorised) or "full" (adds solidity, asymmetry,
+    #: concavities and fill from per-cell convex hulls; slower).
+    morphology: Literal["default", "full"] = "default"
     #: Neighbour graph in the tables besides touching cells: cells whose
     #: centroids ("centroids") or closest pixels ("borders", steinbock's
     #: border distance) are within ``neighbour_distance_um``.

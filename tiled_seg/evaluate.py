@@ -27,7 +27,9 @@ import numpy as np
 from scipy import sparse
 from scipy.optimize import linear_sum_assignment
 
+from tiled_seg.blocks import compute_blocks, tree_reduce
 from tiled_seg.errors import AxesError, ConfigError, InputNotFoundError
+from tiled_seg.tiling import BLOCK_PX
 
 __all__ = [
     "Contingency",
@@ -46,10 +48,6 @@ __all__ = [
 ERROR_IOU = 0.1
 
 _ID_LIMIT = 2**32
-
-#: Contingency tables merged per reduction task.
-FAN_IN = 8
-
 
 @dataclass(frozen=True)
 class Contingency:
@@ -353,8 +351,9 @@ def contingency_dask(pred: da.Array | np.ndarray, true: da.Array | np.ndarray) -
 
     ``pred`` is rechunked to the chunks of ``true``; one task per block reads
     both blocks and returns their sparse :class:`Contingency`, and the tables
-    merge in a tree of fan-in :data:`FAN_IN`. Label blocks never cross the
-    scheduler when the arrays come from zarr.
+    merge in a fixed tree (:func:`tiled_seg.blocks.tree_reduce`). Label blocks never cross the
+    scheduler when the arrays come from zarr; with :func:`open_label_image`
+    each block is one direct zarr read.
 
     Parameters
     ----------
@@ -374,27 +373,24 @@ def contingency_dask(pred: da.Array | np.ndarray, true: da.Array | np.ndarray) -
         )
     pred = pred.rechunk(true.chunks)
     kernel = dask.delayed(contingency, pure=True)
-    merge = dask.delayed(_sum_tables, pure=True)
-    parts = [
+    leaves = [
         kernel(p, t)
         for p, t in zip(pred.to_delayed().ravel(), true.to_delayed().ravel())
     ]
-    while len(parts) > 1:
-        parts = [merge(parts[i : i + FAN_IN]) for i in range(0, len(parts), FAN_IN)]
-    (table,) = dask.compute(parts[0])
-    return table
+    return compute_blocks(leaves, tree_reduce(leaves, _sum_tables), "evaluate")
 
 
-def open_label_image(path: str | Path, chunk_px: int = 1024) -> da.Array:
+def open_label_image(path: str | Path, chunk_px: int = BLOCK_PX) -> da.Array:
     """A 2D label image as a lazy dask array.
 
     Parameters
     ----------
     path : str or Path
-        ``store.ome.zarr/labels/<name>`` (level 0, read lazily in its zarr
-        chunks) or a ``.tif``/``.tiff`` file (read once, then chunked).
+        ``store.ome.zarr/labels/<name>`` (level 0, read lazily, one task per
+        block of about ``chunk_px`` whole zarr chunks) or a ``.tif``/``.tiff``
+        file (read once, then chunked).
     chunk_px : int
-        Chunk side (px) for TIFF input.
+        Block side (px) of the dask array.
 
     Returns
     -------
@@ -405,7 +401,7 @@ def open_label_image(path: str | Path, chunk_px: int = 1024) -> da.Array:
     text = str(path).rstrip("/")
     store, sep, name = text.rpartition("/labels/")
     if sep:
-        array = read_labels(store, name, level=0)
+        array = read_labels(store, name, level=0, block_px=chunk_px)
     else:
         array = da.from_array(read_label_image(text), chunks=chunk_px)
     if array.ndim != 2:

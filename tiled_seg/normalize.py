@@ -8,12 +8,16 @@ seams.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import dask
 import dask.array as da
 import numpy as np
 from skimage.filters import threshold_otsu
+
+from tiled_seg.blocks import compute_blocks, tree_reduce
+from tiled_seg.io.regions import RegionReader
+from tiled_seg.tiling import Box, plan_blocks
 
 __all__ = [
     "SlideStats",
@@ -111,54 +115,80 @@ def _block_histograms(
     return counts
 
 
-def _tree_sum(parts: list) -> object:
-    """Pairwise sum of delayed arrays: memory stays one partial per level."""
-    while len(parts) > 1:
-        parts = [
-            dask.delayed(np.add)(parts[i], parts[i + 1]) if i + 1 < len(parts) else parts[i]
-            for i in range(0, len(parts), 2)
-        ]
-    return parts[0]
+def _as_reader(image: RegionReader | np.ndarray | da.Array) -> RegionReader:
+    return image if isinstance(image, RegionReader) else RegionReader(image, ("c", "y", "x"), image=True)
+
+
+def _on_block(reader: RegionReader, box: Box, kernel: Callable[..., Any], *args: Any) -> Any:
+    """Read one block of ``reader`` and apply ``kernel`` to it (one block task)."""
+    return kernel(reader.read(box), *args)
+
+
+def _sum(parts: list[np.ndarray]) -> np.ndarray:
+    return np.sum(parts, axis=0)
+
+
+def _over_blocks(
+    reader: RegionReader, combine: Callable[[list[Any]], Any], kernel: Callable[..., Any], *args: Any
+) -> Any:
+    """``kernel`` on every block of ``reader`` (direct reads), merged with ``combine``."""
+    task = dask.delayed(_on_block, pure=True)
+    blocks = plan_blocks(reader.shape_yx, reader.chunk_yx)
+    leaves = [task(reader, box, kernel, *args) for box in blocks]
+    return compute_blocks(leaves, tree_reduce(leaves, combine), "statistics")
 
 
 def _histograms(
-    image: da.Array, low: np.ndarray, width: np.ndarray, n_bins: int
+    image: RegionReader, low: np.ndarray, width: np.ndarray, n_bins: int,
+    kernel: Callable[..., np.ndarray] | None = None,
 ) -> np.ndarray:
-    blocks = image.rechunk({0: -1}).to_delayed().ravel()
-    parts = [dask.delayed(_block_histograms)(b, low, width, n_bins) for b in blocks]
-    return np.asarray(_tree_sum(parts).compute())
+    if kernel is None:
+        return np.asarray(_over_blocks(image, _sum, _block_histograms, low, width, n_bins))
+
+    def derived_histograms(block: np.ndarray) -> np.ndarray:
+        return _block_histograms(kernel(block), low, width, n_bins)
+
+    return np.asarray(_over_blocks(image, _sum, derived_histograms))
 
 
 def channel_percentiles(
-    image: da.Array, percentiles: Sequence[float]
+    image: RegionReader | np.ndarray | da.Array, percentiles: Sequence[float]
 ) -> list[list[float]]:
-    """Percentiles of every channel of a ``(C, Y, X)`` array, in two passes.
+    """Percentiles of every channel of a ``(C, Y, X)`` image, in two passes of block tasks.
 
     Integer data whose range spans at most ``MAX_EXACT_BINS`` values gets one
     bin per value, so its percentiles are exact (the ``inverted_cdf``
     definition); other data gets ``FLOAT_BINS`` bins between its minimum and
-    maximum. Non-finite pixels are ignored.
+    maximum. Non-finite pixels are ignored. Each block task reads all its
+    channels with one read.
     """
-    blocks = image.rechunk({0: -1}).to_delayed().ravel()
-    extremes = np.stack(dask.compute(*[dask.delayed(_block_min_max)(b) for b in blocks]))
-    low = extremes[:, :, 0].min(axis=0)
-    high = extremes[:, :, 1].max(axis=0)
+    reader = _as_reader(image)
+    extremes = _over_blocks(reader, _stack_extremes, _block_min_max)
+    low = extremes[:, 0].copy()
+    high = extremes[:, 1].copy()
     empty = ~np.isfinite(low)
     low[empty] = 0.0
     high[empty] = 0.0
     span = np.maximum(high - low, 0.0)
-    exact = np.issubdtype(image.dtype, np.integer) and span.max(initial=0) + 1 <= MAX_EXACT_BINS
+    dtype = np.dtype(reader.array.dtype)
+    exact = np.issubdtype(dtype, np.integer) and span.max(initial=0) + 1 <= MAX_EXACT_BINS
     if exact:
         width = np.ones_like(span)
         n_bins = int(span.max(initial=0)) + 1
     else:
         width = np.where(span > 0, span / FLOAT_BINS, 1.0)
         n_bins = FLOAT_BINS + 1
-    counts = _histograms(image, low, width, n_bins)
+    counts = _histograms(reader, low, width, n_bins)
     return [
         _percentiles_from_histogram(counts[c], float(low[c]), float(width[c]), percentiles)
-        for c in range(image.shape[0])
+        for c in range(counts.shape[0])
     ]
+
+
+def _stack_extremes(parts: list[np.ndarray]) -> np.ndarray:
+    """Per-channel (min, max) over several blocks' ``(C, 2)`` extremes."""
+    stacked = np.stack(parts)
+    return np.stack([stacked[:, :, 0].min(axis=0), stacked[:, :, 1].max(axis=0)], axis=1)
 
 
 def normalize_channel(values: np.ndarray, low: float, high: float) -> np.ndarray:
@@ -220,13 +250,14 @@ def compute_slide_stats(
 ) -> SlideStats:
     """Slide-wide statistics of the panel channels on one pyramid level.
 
-    Three distributed passes over the panel channels: extremes, histograms
-    (percentiles), and histograms of the derived inputs (Otsu thresholds).
+    Three passes of block tasks over the panel channels (each block read
+    directly, all its channels at once): extremes, histograms (percentiles),
+    and histograms of the derived inputs (Otsu thresholds).
 
     Parameters
     ----------
-    level : dask array, shape (C, Y, X)
-        One pyramid level of the slide.
+    level : RegionReader, or dask or numpy array, shape (C, Y, X)
+        One pyramid level of the slide (all its channels).
     names : sequence of str
         Channel names of ``level``.
     nuclear, membrane : sequence of str
@@ -239,7 +270,10 @@ def compute_slide_stats(
     SlideStats
     """
     used = list(dict.fromkeys([*nuclear, *membrane]))
-    panel = level[[list(names).index(n) for n in used]].rechunk({0: -1})
+    reader = _as_reader(level)
+    panel = RegionReader(reader.array, reader.axes, tuple(
+        (reader.channels or range(len(names)))[list(names).index(n)] for n in used
+    ))
     bounds = channel_percentiles(panel, (low_percentile, high_percentile))
     low = {name: bounds[i][0] for i, name in enumerate(used)}
     high = {name: bounds[i][1] for i, name in enumerate(used)}
@@ -250,8 +284,7 @@ def compute_slide_stats(
             membrane_image = np.zeros_like(nuclear_image)
         return np.stack([nuclear_image, membrane_image])
 
-    inputs = panel.map_blocks(derived, chunks=(2, *panel.chunks[1:]), dtype=np.float32)
-    counts = _histograms(inputs, np.zeros(2), np.full(2, 1.0 / DERIVED_BINS), DERIVED_BINS)
+    counts = _histograms(panel, np.zeros(2), np.full(2, 1.0 / DERIVED_BINS), DERIVED_BINS, derived)
     return SlideStats(
         low=low,
         high=high,

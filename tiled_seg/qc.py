@@ -59,7 +59,7 @@ def density_per_mm2(
     Parameters
     ----------
     table : DataFrame
-        Cell table with ``centroid_y`` / ``centroid_x`` (px).
+        Cell table with ``centroid_y_px`` / ``centroid_x_px``.
     pixel_size_um : float
         Pixel size (um).
     bin_um : float
@@ -96,7 +96,7 @@ def slide_qc(
     shape_yx: tuple[int, int] | None = None,
 ) -> SlideQC:
     """Counts, area percentiles (um^2) and density (cells/mm^2) of a cell table."""
-    area = table["area"].to_numpy(np.float64) * pixel_size_um**2
+    area = table["area_px"].to_numpy(np.float64) * pixel_size_um**2
     if area.size == 0:
         return SlideQC(0, float("nan"), float("nan"), float("nan"), 0.0, 0.0)
     counts, area_mm2 = _bins(table, pixel_size_um, bin_um, shape_yx)

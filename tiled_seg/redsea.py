@@ -303,7 +303,7 @@ def redsea_arrays(
     keep = ids > 0
     ids, area, sums = ids[keep].astype(np.int64), area[keep], sums[keep]
     compensated = compensate_sums(ids, sums, tables, reinforce)
-    frame: dict[str, Any] = {"cell_id": ids, "area": area}
+    frame: dict[str, Any] = {"cell_id": ids, "area_px": area}
     for index, name in enumerate(channel_names):
         frame[name] = sums[:, index] / area
     for index, name in enumerate(channel_names):
@@ -368,7 +368,7 @@ def compensate_store(
     index = [slide.channel_index(n) for n in names]
     tables = boundary_tables(read_labels(store, labels), slide.data[index], element_size)
     ids = cells["cell_id"].to_numpy(np.int64)
-    area = cells["area"].to_numpy(np.float64)
+    area = cells["area_px"].to_numpy(np.float64)
     sums = np.stack(
         [
             cells[f"{n}_sum"].to_numpy(np.float64) if f"{n}_sum" in cells else cells[n].to_numpy() * area

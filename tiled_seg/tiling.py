@@ -23,7 +23,17 @@ from numbers import Integral
 
 from tiled_seg.errors import TileLayoutError
 
-__all__ = ["Box", "Tile", "TileGrid", "plan_tiles"]
+__all__ = ["Box", "Tile", "TileGrid", "plan_tiles", "plan_blocks", "BLOCK_PX", "DEFAULT_CHUNK_PX"]
+
+#: Default block side (px) of the non-model stages (measurement, expansion,
+#: label writes): large enough that one task's read costs more than its
+#: scheduling, small enough that a block of 40 channels fits a worker.
+BLOCK_PX = 1024
+
+#: Default zarr chunk side (px) of the images and labels tiled_seg writes;
+#: chosen by ``benchmarks/bench_chunks.py`` (README, Performance): one channel
+#: per chunk, 512 x 512 px, reads blocks and single-channel tiles fastest.
+DEFAULT_CHUNK_PX = 512
 
 
 @dataclass(frozen=True)
@@ -67,6 +77,17 @@ class Box:
         if y0 >= y1 or x0 >= x1:
             return None
         return Box(y0, y1, x0, x1)
+
+    def grow(self, margin: int, shape_yx: tuple[int, int]) -> Box:
+        """This box grown by ``margin`` px on every side, clipped to ``[0, shape_yx)``.
+
+        >>> Box(0, 10, 5, 10).grow(2, (11, 11))
+        Box(y0=0, y1=11, x0=3, x1=11)
+        """
+        return Box(
+            max(self.y0 - margin, 0), min(self.y1 + margin, shape_yx[0]),
+            max(self.x0 - margin, 0), min(self.x1 + margin, shape_yx[1]),
+        )
 
     def relative_to(self, outer: Box) -> Box:
         """This box in the coordinates of ``outer``, which must contain it."""
@@ -228,8 +249,37 @@ def plan_tiles(
         for c in range(cols):
             y0, x0 = r * aligned[0], c * aligned[1]
             core = Box(y0, min(y0 + aligned[0], height), x0, min(x0 + aligned[1], width))
-            extended = Box(
-                max(core.y0 - halo, 0), min(core.y1 + halo, height), max(core.x0 - halo, 0), min(core.x1 + halo, width)
-            )
+            extended = core.grow(halo, (height, width))
             tiles.append(Tile(index=len(tiles), grid_yx=(r, c), core=core, halo=extended))
     return TileGrid(shape_yx=(height, width), tile_px=aligned, halo_px=halo, tiles=tuple(tiles))
+
+
+def plan_blocks(
+    shape_yx: tuple[int, int], chunk_yx: tuple[int, int], block_px: int = BLOCK_PX
+) -> tuple[Box, ...]:
+    """Row-major boxes covering ``shape_yx`` once, each whole storage chunks.
+
+    The block side is ``block_px`` rounded down to a multiple of the chunk on
+    each axis (at least one chunk), so a task that writes its block writes
+    whole chunks that no other task touches.
+
+    Parameters
+    ----------
+    shape_yx : tuple of int
+        Array shape ``(Y, X)`` in px.
+    chunk_yx : tuple of int
+        Storage chunk ``(cy, cx)`` in px.
+    block_px : int
+        Wanted block side in px.
+
+    >>> plan_blocks((5, 7), (2, 3), block_px=4)
+    (Box(y0=0, y1=4, x0=0, x1=3), Box(y0=0, y1=4, x0=3, x1=6), Box(y0=0, y1=4, x0=6, x1=7), Box(y0=4, y1=5, x0=0, x1=3), Box(y0=4, y1=5, x0=3, x1=6), Box(y0=4, y1=5, x0=6, x1=7))
+    """
+    block = _positive_int(block_px, "block_px", "give the block side in px")
+    steps = [max(block // _positive_int(c, "chunk_yx", "give the chunk shape in px"), 1) * c for c in chunk_yx]
+    height, width = (int(n) for n in shape_yx)
+    return tuple(
+        Box(y0, min(y0 + steps[0], height), x0, min(x0 + steps[1], width))
+        for y0 in range(0, height, steps[0])
+        for x0 in range(0, width, steps[1])
+    )

@@ -1,4 +1,4 @@
-"""A rich progress bar fed by the pipeline's ``progress(stage, done, total)``."""
+"""Rich progress bars fed by the pipeline's ``progress(stage, done, total)``: one per stage."""
 
 from __future__ import annotations
 
@@ -24,12 +24,16 @@ from tiled_seg.pipeline import Progress as ProgressCallback
 class _RateColumn(ProgressColumn):
     def render(self, task: Task) -> Text:
         speed = task.finished_speed or task.speed
-        return Text("-- tiles/s" if speed is None else f"{speed:.2f} tiles/s")
+        unit = task.fields.get("unit", "blocks")
+        return Text(f"-- {unit}/s" if speed is None else f"{speed:.2f} {unit}/s")
 
 
 @contextlib.contextmanager
 def tile_progress(console: Console | None = None) -> Iterator[ProgressCallback]:
-    """Yield a callback that draws tiles done of total, rate and ETA."""
+    """Yield a callback that draws, per stage, items done of total, rate and ETA.
+
+    The segment stage counts tiles; the other stages count blocks.
+    """
     bar = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -44,7 +48,8 @@ def tile_progress(console: Console | None = None) -> Iterator[ProgressCallback]:
 
     def update(stage: str, done: int, total: int) -> None:
         if stage not in tasks:
-            tasks[stage] = bar.add_task(f"{stage} tiles", total=total)
+            unit = "tiles" if stage == "segment" else "blocks"
+            tasks[stage] = bar.add_task(f"{stage} {unit}", total=total, unit=unit)
         bar.update(tasks[stage], completed=done)
 
     with bar:

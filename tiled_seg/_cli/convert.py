@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from tiled_seg._cli import catch_errors, main
+from tiled_seg.tiling import DEFAULT_CHUNK_PX
 
 
 @main.command("convert")
@@ -14,7 +15,7 @@ from tiled_seg._cli import catch_errors, main
               help="Pixel size in um; overrides the file's metadata.")
 @click.option("--channel-names", default=None,
               help="Comma-separated channel names, one per channel; overrides the file's.")
-@click.option("--chunk-px", type=int, default=256, show_default=True,
+@click.option("--chunk-px", type=int, default=DEFAULT_CHUNK_PX, show_default=True,
               help="Zarr chunk side in y and x (px).")
 @click.option("--ngff-version", type=click.Choice(["0.5", "0.4"]), default="0.5",
               show_default=True, help="OME-NGFF version to write.")

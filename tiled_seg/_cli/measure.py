@@ -6,7 +6,7 @@ import click
 
 from tiled_seg._cli import catch_errors, main
 from tiled_seg.io.tables import DEFAULT_TABLE
-from tiled_seg.measure import NEIGHBOURS, measure_store
+from tiled_seg.measure import MORPHOLOGIES, NEIGHBOURS, measure_store
 
 
 @main.command("measure")
@@ -23,6 +23,8 @@ from tiled_seg.measure import NEIGHBOURS, measure_store
                    "of the neighbour graph.")
 @click.option("--neighbours", type=click.Choice(NEIGHBOURS), default="centroids", show_default=True,
               help="Distance graph: centroid distance, or border distance (closest pixels).")
+@click.option("--morphology", type=click.Choice(MORPHOLOGIES), default="default", show_default=True,
+              help="Shape columns: default (vectorised) or full (adds convex-hull features; slower).")
 @click.option("--pixel-size-um", default=None, type=float, help="Override the store's pixel size (um).")
 @click.option("--h5ad", "h5ad", default=None, type=click.Path(), help="Also write an .h5ad file.")
 @click.option("--steinbock", "steinbock_dir", default=None, type=click.Path(),
@@ -37,6 +39,7 @@ def measure_cmd(
     table_name: str,
     distance_um: float,
     neighbours: str,
+    morphology: str,
     pixel_size_um: float | None,
     h5ad: str | None,
     steinbock_dir: str | None,
@@ -52,6 +55,7 @@ def measure_cmd(
         table_name=table_name,
         distance_um=distance_um,
         neighbours=neighbours,
+        morphology=morphology,
         h5ad=h5ad,
         steinbock_dir=steinbock_dir,
         overwrite=overwrite,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from tiled_seg._cli import catch_errors, main
+from tiled_seg.tiling import DEFAULT_CHUNK_PX
 
 
 @main.command("synth")
@@ -21,7 +22,7 @@ from tiled_seg._cli import catch_errors, main
 @click.option("--spillover", type=float, default=0.0, show_default=True,
               help="Fraction of a touching neighbour's signal in each membrane pixel.")
 @click.option("--ngff-version", type=click.Choice(["0.5", "0.4"]), default="0.5", show_default=True)
-@click.option("--chunk-px", type=int, default=256, show_default=True, help="Chunk side (px).")
+@click.option("--chunk-px", type=int, default=DEFAULT_CHUNK_PX, show_default=True, help="Chunk side (px).")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @catch_errors
 def synth_cmd(

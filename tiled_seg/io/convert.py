@@ -31,6 +31,7 @@ from tiled_seg.io._imc import open_mcd, read_imc_txt
 from tiled_seg.io._source import SourceImage
 from tiled_seg.io._tiff import open_tiff
 from tiled_seg.io.ngff import NGFFVersion, check_pixel_size_um, write_image
+from tiled_seg.tiling import DEFAULT_CHUNK_PX
 
 __all__ = ["convert", "SUPPORTED_SUFFIXES"]
 
@@ -44,7 +45,7 @@ def convert(
     *,
     pixel_size_um: float | None = None,
     channel_names: Sequence[str] | str | None = None,
-    chunk_px: int = 256,
+    chunk_px: int = DEFAULT_CHUNK_PX,
     ngff_version: NGFFVersion = "0.5",
     overwrite: bool = False,
 ) -> list[str]:

@@ -29,6 +29,9 @@ from tiled_seg.errors import (
     PixelSizeError,
 )
 from tiled_seg.io._fs import exists, is_url, remove_tree
+from tiled_seg.io.regions import RegionReader, read_region
+from tiled_seg.blocks import Progress, store_blocks
+from tiled_seg.tiling import BLOCK_PX, DEFAULT_CHUNK_PX, plan_blocks
 
 __all__ = [
     "Slide",
@@ -36,6 +39,7 @@ __all__ = [
     "write_image",
     "write_labels",
     "read_labels",
+    "label_array",
     "list_labels",
     "pyramid_shapes",
     "check_pixel_size_um",
@@ -78,6 +82,8 @@ class Slide:
     source: zarr.Array = field(repr=False, compare=False)
     axes: tuple[str, ...] = ("c", "y", "x")
     level_factors: tuple[float, ...] = field(default=(1.0,))
+    #: The zarr array of every level, for direct region reads.
+    level_sources: tuple[zarr.Array, ...] = field(default=(), repr=False, compare=False)
 
     @property
     def data(self) -> da.Array:
@@ -99,12 +105,14 @@ class Slide:
         Reads the zarr array directly (no dask graph), which is what a tile
         task needs.
         """
-        where = {"t": 0, "z": 0, "c": list(channels), "y": rows, "x": columns}
-        block = np.asarray(self.source.oindex[tuple(where[axis] for axis in self.axes)])
-        kept = [a for a in self.axes if a not in ("t", "z")]
-        if "c" not in kept:
-            return block[None]
-        return block.transpose([kept.index(a) for a in ("c", "y", "x")])
+        block = read_region(self.source, self.axes, rows, columns, channels if "c" in self.axes else None)
+        return block if "c" in self.axes else block[None]
+
+    def reader(self, channels: Sequence[int] | None = None, level: int = 0) -> RegionReader:
+        """A picklable handle for direct region reads of ``channels`` at pyramid ``level``."""
+        source = self.level_sources[level] if self.level_sources else self.source
+        with_channels = channels is not None and "c" in self.axes
+        return RegionReader(source, self.axes, tuple(channels) if with_channels else None, image=True)
 
     def channel_index(self, name: str) -> int:
         """Index of channel ``name``; a :class:`ChannelError` lists the names."""
@@ -317,6 +325,7 @@ def open_slide(path: str | Path, pixel_size_um: float | None = None) -> Slide:
         level_factors=tuple(factors),
         source=source,
         axes=tuple(axes),
+        level_sources=tuple(group[d["path"]] for d in multiscale["datasets"]),
     )
 
 
@@ -442,7 +451,7 @@ def write_image(
     channel_names: Sequence[str],
     pixel_size_um: float | None,
     *,
-    chunk_px: int = 256,
+    chunk_px: int = DEFAULT_CHUNK_PX,
     ngff_version: NGFFVersion = "0.5",
     overwrite: bool = False,
     name: str = "image",
@@ -607,9 +616,10 @@ def write_labels(
     labels: np.ndarray | da.Array,
     pixel_size_um: float | None,
     *,
-    chunk_px: int = 256,
+    chunk_px: int = DEFAULT_CHUNK_PX,
     overwrite: bool = False,
     properties: Sequence[dict[str, Any]] | None = None,
+    progress: Progress | None = None,
 ) -> zarr.Group:
     """Write a ``(Y, X)`` label image to ``store/labels/name`` with a pyramid.
 
@@ -633,6 +643,8 @@ def write_labels(
         Replace an existing label image of that name.
     properties : sequence of dict, optional
         NGFF ``image-label`` ``properties`` records (one per label id).
+    progress : callable, optional
+        ``progress("write <name>", done, total)`` as blocks of all levels are written.
     """
     store = str(store)
     if labels.ndim != 2:
@@ -651,9 +663,12 @@ def write_labels(
         del labels_group[name]
     group = labels_group.create_group(name)
     level = da.asarray(labels)
+    block_px = max(BLOCK_PX // chunk_px, 1) * chunk_px
     if not _chunk_aligned(level, chunk_px):
-        level = level.rechunk((chunk_px, chunk_px))
+        level = level.rechunk((block_px, block_px))
     shapes = pyramid_shapes(level.shape, chunk_px)
+    total = level.npartitions + sum(len(plan_blocks(shape, (chunk_px, chunk_px), block_px)) for shape in shapes[1:])
+    done = 0
     for index in range(len(shapes)):
         if index:
             level = _downsample_nearest(level)
@@ -661,9 +676,10 @@ def write_labels(
             str(index), shape=level.shape, chunks=(chunk_px, chunk_px), dtype=level.dtype,
             fill_value=0, **_dimension_kwargs(["y", "x"], version),
         )
-        da.store(level, target, lock=False)
-        # Blocks of two chunks halve into one chunk each: no rechunk, no transfers.
-        level = da.from_zarr(target, chunks=(2 * chunk_px, 2 * chunk_px))
+        done = store_blocks(level, target, f"write {name}", progress, done, total)
+        # Blocks of 2 x (whole chunks) halve into whole chunks: no rechunk, no
+        # transfers, and about one task per block, not per chunk.
+        level = da.from_zarr(target, chunks=(2 * block_px, 2 * block_px))
     # The image is always in the same store (a separate output links it, see link_image).
     image_label: dict[str, Any] = {"source": {"image": "../../"}}
     if properties:
@@ -737,12 +753,24 @@ def find_unreadable_block(array: da.Array) -> tuple[tuple[int, int], ...] | None
     return None
 
 
-def read_labels(store: str | Path, name: str, level: int = 0) -> da.Array:
-    """Lazy ``(Y, X)`` label array ``store/labels/name`` at pyramid ``level``."""
+def label_array(store: str | Path, name: str, level: int = 0) -> zarr.Array:
+    """The zarr array of ``store/labels/name`` at pyramid ``level``, for direct reads."""
     store = str(store)
     if name not in list_labels(store):
         raise InputNotFoundError(
             f"{store} has no label image {name!r}; present: "
             f"{', '.join(list_labels(store)) or 'none'}. Run `tiled-seg run` first."
         )
-    return da.from_zarr(_open_group(store)[f"labels/{name}/{level}"])
+    return _open_group(store)[f"labels/{name}/{level}"]
+
+
+def read_labels(store: str | Path, name: str, level: int = 0, block_px: int | None = None) -> da.Array:
+    """Lazy ``(Y, X)`` label array ``store/labels/name`` at pyramid ``level``.
+
+    With ``block_px``, each dask block is about ``block_px`` of whole zarr
+    chunks, read with one zarr call (one task per block, not per chunk).
+    """
+    array = label_array(store, name, level)
+    if block_px is None:
+        return da.from_zarr(array)
+    return da.from_zarr(array, chunks=tuple(max(block_px // c, 1) * c for c in array.chunks))

@@ -5,22 +5,29 @@ block. Each block instead returns small partial sums keyed by label id
 (:func:`block_partials`); partials from any set of blocks merge with
 :func:`combine_partials` in any grouping, and :func:`finish_partials` turns the
 merged sums into per-cell counts, means, centroids and bounding boxes. All
-kernels are vectorised over pixels with ``np.bincount`` / ``ufunc.at``; none
-loops over cells, and none imports dask.
+kernels are vectorised over pixels (one stable sort per block, then
+``reduceat``); none loops over cells, and none imports dask.
 """
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
-__all__ = ["block_partials", "combine_partials", "empty_partials"]
+__all__ = ["block_partials", "combine_partials", "empty_partials", "group_ids"]
 
 #: Keys whose values are summed when partials merge; box corners take min / max.
-_SUM_KEYS = ("count", "sum", "sum_y", "sum_x", "nuc_count", "nuc_sum")
+#: Coordinate sums (``sum_y`` ... ``sum_xy``) are int64 and exact, so the
+#: central moments derived from them do not depend on how blocks were cut.
+_SUM_KEYS = (
+    "count", "sum", "sum_y", "sum_x", "sum_yy", "sum_xx", "sum_xy", "perimeter",
+    "nuc_count", "nuc_sum",
+)
 _MIN_KEYS = ("min_y", "min_x")
 
 
-def _group(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def group_ids(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Distinct ids of ``labels`` (ravelled) and each pixel's index into them."""
     flat = labels.ravel()
     low, high = int(flat.min()), int(flat.max())
@@ -42,8 +49,11 @@ def empty_partials(n_channels: int, with_nuclei: bool) -> dict[str, np.ndarray]:
         "label": np.zeros(0, np.int64),
         "count": np.zeros(0, np.int64),
         "sum": np.zeros((0, n_channels)),
-        "sum_y": np.zeros(0),
-        "sum_x": np.zeros(0),
+        "sum_y": np.zeros(0, np.int64),
+        "sum_x": np.zeros(0, np.int64),
+        "sum_yy": np.zeros(0, np.int64),
+        "sum_xx": np.zeros(0, np.int64),
+        "sum_xy": np.zeros(0, np.int64),
         "min_y": np.zeros(0, np.int64),
         "min_x": np.zeros(0, np.int64),
         "max_y": np.zeros(0, np.int64),
@@ -79,55 +89,64 @@ def block_partials(
     -------
     dict of ndarray
         One row per cell id present: ``label``, ``count`` (px), ``sum``
-        ``(n, C)``, ``sum_y`` / ``sum_x`` (sums of global pixel coordinates),
-        ``min_y`` / ``min_x`` (inclusive) and ``max_y`` / ``max_x``
+        ``(n, C)``, ``sum_y`` / ``sum_x`` and ``sum_yy`` / ``sum_xx`` /
+        ``sum_xy`` (int64 sums of global pixel coordinates and of their
+        products, px and px**2), ``min_y`` / ``min_x`` (inclusive) and ``max_y`` / ``max_x``
         (exclusive) box corners in global px. With ``nuclei``: ``nuc_count``
         and ``nuc_sum`` (the cell's pixels covered by any nucleus) and
         ``pairs``, rows ``(cell, nucleus, overlap_px)``.
     """
     n_channels = image.shape[0]
     height, width = labels.shape
-    if labels.size == 0 or not labels.any():
+    flat = labels.ravel()
+    foreground = np.flatnonzero(flat)
+    if foreground.size == 0:
         return empty_partials(n_channels, nuclei is not None)
-    ids, inverse = _group(labels)
+    ids, inverse = group_ids(flat[foreground])
     n = ids.size
-    count = np.bincount(inverse, minlength=n)
-    sums = np.empty((n, n_channels))
-    for channel in range(n_channels):
-        sums[:, channel] = np.bincount(inverse, weights=image[channel].ravel(), minlength=n)
-    rows = np.repeat(np.arange(height, dtype=np.float64), width)
-    cols = np.tile(np.arange(width, dtype=np.float64), height)
-    y0, x0 = origin
-    parts = {
-        "label": ids,
-        "count": count,
-        "sum": sums,
-        "sum_y": np.bincount(inverse, weights=rows, minlength=n) + y0 * count,
-        "sum_x": np.bincount(inverse, weights=cols, minlength=n) + x0 * count,
-    }
-    int_rows, int_cols = rows.astype(np.int64), cols.astype(np.int64)
-    for key, values, ufunc, start, offset in (
-        ("min_y", int_rows, np.minimum, height, y0),
-        ("min_x", int_cols, np.minimum, width, x0),
-        ("max_y", int_rows, np.maximum, -1, y0 + 1),
-        ("max_x", int_cols, np.maximum, -1, x0 + 1),
-    ):
-        extreme = np.full(n, start, dtype=np.int64)
-        ufunc.at(extreme, inverse, values)
-        parts[key] = extreme + offset
+    # One stable sort groups each cell's pixels (split by inside / outside a
+    # nucleus) into runs in raster order; every sum is then one reduceat.
+    key = inverse.astype(np.int64)
     if nuclei is not None:
-        in_nucleus = (nuclei.ravel() > 0).astype(np.float64)
-        parts["nuc_count"] = np.bincount(inverse, weights=in_nucleus, minlength=n).astype(np.int64)
-        nuc_sum = np.empty((n, n_channels))
-        for channel in range(n_channels):
-            nuc_sum[:, channel] = np.bincount(
-                inverse, weights=image[channel].ravel() * in_nucleus, minlength=n
-            )
-        parts["nuc_sum"] = nuc_sum
-        both = (labels.ravel() > 0) & (nuclei.ravel() > 0)
-        codes = (labels.ravel()[both].astype(np.uint64) << np.uint64(32)) | nuclei.ravel()[
-            both
-        ].astype(np.uint64)
+        in_nucleus = nuclei.ravel()[foreground] > 0
+        key = 2 * key + in_nucleus
+    order = np.argsort(key, kind="stable")
+    ordered = key[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    run_cell = ordered[starts] >> 1 if nuclei is not None else ordered[starts]
+    pixels = foreground[order]
+    rows, cols = pixels // width, pixels % width
+    exact = np.issubdtype(image.dtype, np.integer) or image.dtype == np.bool_
+    values = image.reshape(n_channels, -1)[:, pixels]
+    run_sums = np.add.reduceat(values, starts, axis=1, dtype=np.int64 if exact else np.float64)
+    run_sums = run_sums.T.astype(np.float64)
+    run_count = np.diff(np.r_[starts, pixels.size])
+
+    def per_cell(run_values: np.ndarray, reduce: np.ufunc, start: float) -> np.ndarray:
+        out = np.full((n, *run_values.shape[1:]), start, dtype=run_values.dtype)
+        reduce.at(out, run_cell, run_values)
+        return out
+
+    count = per_cell(run_count, np.add, 0)
+    y0, x0 = origin
+    parts = {"label": ids, "count": count, "sum": per_cell(run_sums, np.add, 0)}
+    parts.update(_coordinate_sums(rows, cols, starts, per_cell, y0, x0, count))
+    for name, coords, reduce, start, offset in (
+        ("min_y", rows, np.minimum, height, y0),
+        ("min_x", cols, np.minimum, width, x0),
+        ("max_y", rows, np.maximum, -1, y0 + 1),
+        ("max_x", cols, np.maximum, -1, x0 + 1),
+    ):
+        parts[name] = per_cell(reduce.reduceat(coords, starts), reduce, start) + offset
+    if nuclei is not None:
+        inside = (ordered[starts] & 1).astype(bool)
+        nuc_count = np.zeros(n, np.int64)
+        nuc_count[run_cell[inside]] = run_count[inside]
+        nuc_sum = np.zeros((n, n_channels))
+        nuc_sum[run_cell[inside]] = run_sums[inside]
+        parts["nuc_count"], parts["nuc_sum"] = nuc_count, nuc_sum
+        cells, nucleus_ids = flat[foreground][in_nucleus], nuclei.ravel()[foreground][in_nucleus]
+        codes = (cells.astype(np.uint64) << np.uint64(32)) | nucleus_ids.astype(np.uint64)
         pair_codes, overlap = np.unique(codes, return_counts=True)
         parts["pairs"] = np.stack(
             [
@@ -137,8 +156,32 @@ def block_partials(
             ],
             axis=1,
         )
-    keep = ids > 0
-    return {k: (v if k == "pairs" else v[keep]) for k, v in parts.items()}
+    return parts
+
+
+def _coordinate_sums(
+    rows: np.ndarray, cols: np.ndarray, starts: np.ndarray,
+    per_cell: Callable[[np.ndarray, np.ufunc, float], np.ndarray],
+    y0: int, x0: int, count: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """Exact int64 sums of global coordinates and their products per cell.
+
+    Sums of block-local coordinates (``rows``, ``cols`` in run order) are
+    taken in int64 and moved to global coordinates, so they are exact.
+    """
+    def total(values: np.ndarray) -> np.ndarray:
+        return per_cell(np.add.reduceat(values, starts), np.add, 0)
+
+    sy, sx = total(rows), total(cols)
+    syy, sxx, sxy = total(rows * rows), total(cols * cols), total(rows * cols)
+    y0, x0 = np.int64(y0), np.int64(x0)
+    return {
+        "sum_y": sy + y0 * count,
+        "sum_x": sx + x0 * count,
+        "sum_yy": syy + 2 * y0 * sy + y0 * y0 * count,
+        "sum_xx": sxx + 2 * x0 * sx + x0 * x0 * count,
+        "sum_xy": sxy + y0 * sx + x0 * sy + y0 * x0 * count,
+    }
 
 
 def _runs(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

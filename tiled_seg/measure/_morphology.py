@@ -1,9 +1,18 @@
-"""Per-cell shape descriptors on a crop holding whole cells.
+"""Per-cell shape descriptors: vectorised kernels, and the convex-hull set on crops.
 
-The skimage descriptors (area, perimeter, eccentricity, solidity, axis
-lengths) are those of :func:`skimage.measure.regionprops`. The others follow
-the morphology features of the Mesmer paper (Greenwald et al., Nat.
-Biotechnol. 2022, Methods), written from its description:
+The default descriptors need no loop over cells. Moment features
+(:func:`moment_features`) come from per-label coordinate sums that merge
+across blocks; the perimeter (:func:`perimeter_partials`) is skimage's
+4-neighbourhood estimate, a sum of per-pixel weights, so each block adds the
+weights of its own pixels. Both equal :func:`skimage.measure.regionprops` of
+the same names (``perimeter``, ``eccentricity``, ``orientation``,
+``axis_major_length``, ``axis_minor_length``).
+
+The convex-hull descriptors (``morphology: full``) need each cell whole and
+are computed per cell on crops (:func:`hull_table`). Besides skimage's
+``solidity`` they follow the morphology features of the Mesmer paper
+(Greenwald et al., Nat. Biotechnol. 2022, Methods), written from its
+description:
 
 - ``asymmetry``: distance (px) between the centroid of the cell and the
   centroid of its convex hull, divided by ``sqrt(area)``;
@@ -12,23 +21,32 @@ Biotechnol. 2022, Methods), written from its description:
   ``CONCAVITY_MIN_PX`` px with compactness ``perimeter**2 / area`` below
   ``CONCAVITY_MAX_COMPACTNESS`` (thin slivers along a straight edge are not
   concavities);
-- ``fill``: area / area with holes filled;
-- ``aspect_ratio``: major axis length / equivalent circular diameter;
-- ``perimeter2_over_area``: perimeter**2 / area.
+- ``fill``: area / area with holes filled.
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from skimage.measure import label, regionprops
 
+from tiled_seg.measure._intensity import group_ids
+from tiled_seg.tiling import Box
+
 __all__ = [
-    "MORPHOLOGY_COLUMNS",
-    "morphology_table",
+    "HULL_COLUMNS",
+    "MORPHOLOGIES",
+    "hull_table",
+    "moment_features",
+    "perimeter_partials",
     "CONCAVITY_MIN_PX",
     "CONCAVITY_LARGE_PX",
     "CONCAVITY_MAX_COMPACTNESS",
 ]
+
+#: ``default``: moments and perimeter (vectorised); ``full`` adds :data:`HULL_COLUMNS`.
+MORPHOLOGIES = ("default", "full")
 
 #: Smallest hull-minus-cell component (px) counted as a concavity.
 CONCAVITY_MIN_PX = 10
@@ -37,18 +55,127 @@ CONCAVITY_LARGE_PX = 150
 #: Largest ``perimeter**2 / area`` of a counted small component.
 CONCAVITY_MAX_COMPACTNESS = 60.0
 
-MORPHOLOGY_COLUMNS = (
-    "perimeter",
-    "eccentricity",
-    "solidity",
-    "major_axis_length",
-    "minor_axis_length",
-    "asymmetry",
-    "concavities",
-    "fill",
-    "aspect_ratio",
-    "perimeter2_over_area",
+#: Columns of :func:`hull_table` (all unitless ratios or counts).
+HULL_COLUMNS = ("solidity", "asymmetry", "concavities", "fill")
+
+#: skimage's weight of a border pixel by its neighbourhood code (``perimeter``).
+_PERIMETER_WEIGHTS = np.zeros(50)
+_PERIMETER_WEIGHTS[[5, 7, 15, 17, 25, 27]] = 1.0
+_PERIMETER_WEIGHTS[[21, 33]] = math.sqrt(2)
+_PERIMETER_WEIGHTS[[13, 23]] = (1 + math.sqrt(2)) / 2
+
+#: Neighbour offsets and their code weights in skimage's perimeter kernel.
+_PERIMETER_KERNEL = (
+    (-1, -1, 10), (-1, 0, 2), (-1, 1, 10),
+    (0, -1, 2), (0, 1, 2),
+    (1, -1, 10), (1, 0, 2), (1, 1, 10),
 )
+
+
+def _shifted(padded: np.ndarray, dy: int, dx: int, box: Box) -> np.ndarray:
+    """``padded`` (padded by 1 px) shifted by ``(dy, dx)`` over ``box`` of the unpadded array."""
+    return padded[box.y0 + 1 + dy : box.y1 + 1 + dy, box.x0 + 1 + dx : box.x1 + 1 + dx]
+
+
+def perimeter_partials(labels: np.ndarray, core: Box) -> tuple[np.ndarray, np.ndarray]:
+    """skimage's perimeter of every label, summed over the pixels in ``core``.
+
+    A label's pixel is a border pixel when a 4-neighbour holds another id (or
+    lies outside the array); each border pixel adds a weight set by which of
+    its 8 neighbours are border pixels of the same label
+    (:func:`skimage.measure.perimeter` with ``neighborhood=4``, applied to
+    each label alone). Summed over all blocks, this is regionprops'
+    ``perimeter`` of every cell.
+
+    Parameters
+    ----------
+    labels : ndarray, shape (Y, X), integer
+        Labels of ``core`` and at least 2 px around it where the slide
+        continues; where the array ends, the slide ends.
+    core : Box
+        The pixels whose weights are summed, in ``labels``' coordinates.
+
+    Returns
+    -------
+    ids : ndarray of int64
+        Labels with border pixels in ``core``, sorted.
+    perimeter : ndarray of float64
+        Their perimeter contributions (px).
+    """
+    height, width = labels.shape
+    near = core.grow(1, (height, width))
+    padded = np.pad(labels, 1)
+    centre = _shifted(padded, 0, 0, near)
+    border = centre > 0
+    inner = np.zeros_like(border)
+    for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1)):
+        inner |= _shifted(padded, dy, dx, near) != centre
+    border &= inner
+    border_padded = np.zeros((height + 2, width + 2), dtype=bool)
+    border_padded[near.y0 + 1 : near.y1 + 1, near.x0 + 1 : near.x1 + 1] = border
+    own = _shifted(padded, 0, 0, core)
+    own_border = _shifted(border_padded, 0, 0, core)
+    code = np.ones(own.shape, dtype=np.intp)
+    for dy, dx, weight in _PERIMETER_KERNEL:
+        same = _shifted(border_padded, dy, dx, core) & (_shifted(padded, dy, dx, core) == own)
+        code += weight * same
+    ids = own[own_border].astype(np.int64)
+    if ids.size == 0:
+        return ids, np.zeros(0)
+    unique, inverse = group_ids(ids)
+    return unique, np.bincount(inverse, weights=_PERIMETER_WEIGHTS[code[own_border]], minlength=unique.size)
+
+
+def moment_features(sums: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Inertia-tensor features of each cell from its exact coordinate sums.
+
+    Parameters
+    ----------
+    sums : dict of ndarray
+        ``count``, ``sum_y``, ``sum_x``, ``sum_yy``, ``sum_xx``, ``sum_xy``
+        (int64) and ``min_y``, ``min_x`` (px), one row per cell.
+
+    Returns
+    -------
+    dict of ndarray
+        ``major_axis_length`` and ``minor_axis_length`` (px),
+        ``eccentricity``, ``orientation`` (rad, between the row axis and the
+        major axis, in (-pi/2, pi/2]), as skimage's regionprops defines them.
+    """
+    n = sums["count"].astype(np.int64)
+    # Moments about the box corner stay small integers, so the central
+    # moments below are exact before the one division.
+    ay, ax = sums["min_y"].astype(np.int64), sums["min_x"].astype(np.int64)
+    sy = sums["sum_y"] - n * ay
+    sx = sums["sum_x"] - n * ax
+    syy = sums["sum_yy"] - 2 * ay * sums["sum_y"] + n * ay * ay
+    sxx = sums["sum_xx"] - 2 * ax * sums["sum_x"] + n * ax * ax
+    sxy = sums["sum_xy"] - ay * sums["sum_x"] - ax * sums["sum_y"] + n * ay * ax
+    n2 = (n * n).astype(np.float64)
+    # skimage's inertia tensor [[a, b], [b, c]]: a = var(x), b = -cov(y, x), c = var(y).
+    a = (n * sxx - sx * sx) / n2
+    c = (n * syy - sy * sy) / n2
+    # Negated after the division, as skimage does: a zero covariance gives
+    # b = -0.0, which decides arctan2's branch for axis-aligned cells.
+    b = -((n * sxy - sy * sx) / n2)
+    half_sum, half_diff = (a + c) / 2, (a - c) / 2
+    root = np.sqrt(half_diff * half_diff + b * b)
+    l1 = np.clip(half_sum + root, 0, None)
+    l2 = np.clip(half_sum - root, 0, None)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        eccentricity = np.where(l1 > 0, np.sqrt(np.clip(1 - l2 / l1, 0, None)), 0.0)
+    exact_a_minus_c = (n * sxx - sx * sx) - (n * syy - sy * sy)
+    orientation = np.where(
+        exact_a_minus_c == 0,
+        np.where(b < 0, np.pi / 4, -np.pi / 4),
+        0.5 * np.arctan2(-2 * b, c - a),
+    )
+    return {
+        "major_axis_length": 4 * np.sqrt(l1),
+        "minor_axis_length": 4 * np.sqrt(l2),
+        "eccentricity": eccentricity,
+        "orientation": orientation,
+    }
 
 
 def _count_concavities(image: np.ndarray, convex: np.ndarray) -> int:
@@ -69,8 +196,8 @@ def _centroid(mask: np.ndarray) -> np.ndarray:
     return np.array([coords[0].mean(), coords[1].mean()])
 
 
-def morphology_table(labels: np.ndarray, ids: np.ndarray) -> dict[str, np.ndarray]:
-    """Shape descriptors of the cells ``ids`` in a ``(Y, X)`` label crop.
+def hull_table(labels: np.ndarray, ids: np.ndarray) -> dict[str, np.ndarray]:
+    """Convex-hull descriptors of the cells ``ids`` in a ``(Y, X)`` label crop.
 
     Parameters
     ----------
@@ -83,28 +210,20 @@ def morphology_table(labels: np.ndarray, ids: np.ndarray) -> dict[str, np.ndarra
     -------
     dict of ndarray
         ``label`` (the ids, sorted) and one array per name in
-        :data:`MORPHOLOGY_COLUMNS`; lengths in px, areas in px**2.
+        :data:`HULL_COLUMNS`.
     """
     owned = np.where(np.isin(labels, ids), labels, 0)
-    rows: dict[str, list[float]] = {name: [] for name in ("label", *MORPHOLOGY_COLUMNS)}
+    rows: dict[str, list[float]] = {name: [] for name in ("label", *HULL_COLUMNS)}
     for region in regionprops(owned):
         area = float(region.area)
-        perimeter = float(region.perimeter)
-        major = float(region.axis_major_length)
         convex = region.image_convex
         asymmetry = np.linalg.norm(_centroid(region.image) - _centroid(convex)) / np.sqrt(area)
         values = {
             "label": region.label,
-            "perimeter": perimeter,
-            "eccentricity": float(region.eccentricity),
             "solidity": float(region.solidity),
-            "major_axis_length": major,
-            "minor_axis_length": float(region.axis_minor_length),
             "asymmetry": float(asymmetry),
             "concavities": _count_concavities(region.image, convex),
             "fill": area / float(region.area_filled),
-            "aspect_ratio": major / float(region.equivalent_diameter_area),
-            "perimeter2_over_area": perimeter**2 / area,
         }
         for name, value in values.items():
             rows[name].append(value)

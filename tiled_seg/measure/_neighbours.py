@@ -15,6 +15,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.spatial import cKDTree
 
+from tiled_seg.errors import ConfigError
+
 __all__ = ["touching_pairs", "unique_pairs", "centroid_pairs", "border_pairs", "closest_per_pair"]
 
 
@@ -97,6 +99,8 @@ def border_pairs(
     distances : ndarray, shape (n,), float64
         Border distance of each pair (px).
     """
+    if not dmax > 0:
+        raise ConfigError(f"border distance must be > 0 px; got {dmax}.")
     border = np.zeros(labels.shape, bool)
     for axis in (0, 1):
         first = [slice(None)] * 2

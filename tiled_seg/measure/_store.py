@@ -10,9 +10,9 @@ import dask.array as da
 import numpy as np
 import pandas as pd
 
-from tiled_seg.errors import ChannelError, ConfigError, OutputExistsError, PixelSizeError
+from tiled_seg.errors import AxesError, ChannelError, ConfigError, OutputExistsError, PixelSizeError
 from tiled_seg.io._fs import exists, join
-from tiled_seg.io.ngff import list_labels, open_slide, read_labels
+from tiled_seg.io.ngff import label_array, list_labels, open_slide
 from tiled_seg.io.tables import (
     DEFAULT_TABLE,
     list_tables,
@@ -20,18 +20,18 @@ from tiled_seg.io.tables import (
     write_anndata_zarr,
     write_parquet,
 )
+from tiled_seg.blocks import Progress
+from tiled_seg.io.regions import RegionReader
 from tiled_seg.io.steinbock import image_name, steinbock_tables, write_steinbock
-from tiled_seg.measure._distributed import (
-    aggregate_cells,
-    border_edges_dask,
-    morphology_dask,
-    touching_dask,
-)
+from tiled_seg.measure._blocks import BlockMeasurements, MeasureJob
+from tiled_seg.measure._distributed import hull_features, measure_blocks
+from tiled_seg.measure._morphology import MORPHOLOGIES
 from tiled_seg.measure._neighbours import centroid_pairs
 from tiled_seg.measure._table import cell_table, to_anndata
+from tiled_seg.tiling import BLOCK_PX, plan_blocks
 
 __all__ = [
-    "MeasureResult", "measure_arrays", "neighbour_edges", "measure_store", "OUTPUTS", "NEIGHBOURS",
+    "MeasureResult", "measure_arrays", "edge_table", "measure_store", "OUTPUTS", "NEIGHBOURS",
 ]
 
 #: Outputs ``measure_store`` can write into the store.
@@ -70,31 +70,30 @@ class MeasureResult:
     edges: pd.DataFrame = field(repr=False, compare=False)
 
 
-def neighbour_edges(
-    labels: da.Array,
+def edge_table(
+    measured: BlockMeasurements,
     table: pd.DataFrame,
     pixel_size_um: float,
     distance_um: float,
-    connectivity: int = 1,
     neighbours: str = "centroids",
 ) -> pd.DataFrame:
     """Edge table of touching cells and of cells within ``distance_um``.
 
     Parameters
     ----------
-    labels : dask array, shape (Y, X), integer
+    measured : BlockMeasurements
+        Merged block results (touching pairs; border pairs for ``borders``).
     table : DataFrame
         Cell table with ``cell_id`` (sorted) and centroids in um.
     pixel_size_um : float
         Pixel size (um).
     distance_um : float
         Largest distance (um) of the distance graph.
-    connectivity : {1, 2}
-        Pixel contact rule of the touching graph.
     neighbours : {"centroids", "borders"}
         Distance graph: centroids within ``distance_um`` (kind ``centroid``),
         or cells whose closest pixel centres are within ``distance_um``
-        (kind ``border``, see :func:`border_edges_dask`).
+        (kind ``border``, steinbock's ``--type borders``; touching cells are
+        1 px apart).
 
     Returns
     -------
@@ -106,14 +105,13 @@ def neighbour_edges(
     """
     ids = table["cell_id"].to_numpy()
     points = table[["centroid_y_um", "centroid_x_um"]].to_numpy()
-    touching = touching_dask(labels, connectivity)
+    touching = measured.touching
     rows_a, rows_b = np.searchsorted(ids, touching[:, 0]), np.searchsorted(ids, touching[:, 1])
     touch_distance = np.linalg.norm(points[rows_a] - points[rows_b], axis=1)
     kind = _EDGE_KIND[neighbours]
     if neighbours == "borders":
-        border = border_edges_dask(labels, distance_um / pixel_size_um)
-        near_a, near_b = border["cell_a"].to_numpy(), border["cell_b"].to_numpy()
-        distances = border["distance_px"].to_numpy() * pixel_size_um
+        near_a, near_b = measured.border[:, 0], measured.border[:, 1]
+        distances = measured.border_px * pixel_size_um
     else:
         pairs, distances = centroid_pairs(points, distance_um)
         near_a, near_b = ids[pairs[:, 0]], ids[pairs[:, 1]]
@@ -130,38 +128,65 @@ def neighbour_edges(
     )
 
 
-def measure_arrays(
-    labels: da.Array,
-    image: da.Array,
+def _check_morphology(morphology: str) -> None:
+    if morphology not in MORPHOLOGIES:
+        raise ConfigError(f"unknown morphology {morphology!r}; choose from {list(MORPHOLOGIES)}.")
+
+
+def _measure(
+    job: MeasureJob,
     channel_names: Sequence[str],
     pixel_size_um: float,
-    nuclei: da.Array | None = None,
+    morphology: str,
+    block_px: int,
+    progress: Progress | None,
+) -> tuple[pd.DataFrame, BlockMeasurements]:
+    """The cell table and the merged block results of ``job``."""
+    blocks = plan_blocks(job.labels.shape_yx, job.labels.chunk_yx, block_px)
+    measured = measure_blocks(job, blocks, progress)
+    table = cell_table(measured.cells, channel_names, pixel_size_um)
+    if morphology == "full" and len(table):
+        boxes = pd.DataFrame(
+            {
+                "label": table["cell_id"],
+                **{k: table[f"bbox_{k}_px"] for k in ("min_y", "min_x", "max_y", "max_x")},
+            }
+        )
+        shapes = hull_features(job.labels, boxes, blocks, progress).rename(columns={"label": "cell_id"})
+        table = table.merge(shapes, on="cell_id", how="left", validate="one_to_one")
+    return table, measured
+
+
+def measure_arrays(
+    labels: np.ndarray | da.Array,
+    image: np.ndarray | da.Array,
+    channel_names: Sequence[str],
+    pixel_size_um: float,
+    nuclei: np.ndarray | da.Array | None = None,
     *,
-    morphology: bool = True,
+    morphology: str = "default",
+    block_px: int = BLOCK_PX,
 ) -> pd.DataFrame:
     """Cell table of ``(Y, X)`` labels over a ``(C, Y, X)`` image (see ``cell_table``).
 
-    Intensities, centroids and boxes come from a reduction over chunks;
-    morphology (``MORPHOLOGY_COLUMNS``) from per-cell crops.
+    Everything comes from one pass of block tasks (blocks of about
+    ``block_px``, whole chunks of ``labels``); ``morphology="full"`` adds the
+    convex-hull descriptors (``HULL_COLUMNS``) from per-cell crops.
     """
-    labels, image = da.asarray(labels), da.asarray(image)
-    nuclei = da.asarray(nuclei) if nuclei is not None else None
+    _check_morphology(morphology)
+    if np.ndim(image) != 3:
+        raise AxesError(f"image must be (C, Y, X); got shape {np.shape(image)}.")
     if len(channel_names) != image.shape[0]:
         raise ChannelError(
             f"{len(channel_names)} channel names for {image.shape[0]} channels; "
             "give one name per channel."
         )
-    sums = aggregate_cells(labels, image, nuclei)
-    table = cell_table(sums, channel_names, pixel_size_um)
-    if morphology and len(table):
-        boxes = pd.DataFrame(
-            {
-                "label": table["cell_id"],
-                **{k: table[f"bbox_{k}"] for k in ("min_y", "min_x", "max_y", "max_x")},
-            }
-        )
-        shapes = morphology_dask(labels, boxes).rename(columns={"label": "cell_id"})
-        table = table.merge(shapes, on="cell_id", how="left", validate="one_to_one")
+    job = MeasureJob(
+        labels=RegionReader(labels, ("y", "x")),
+        image=RegionReader(image, ("c", "y", "x")),
+        nuclei=None if nuclei is None else RegionReader(nuclei, ("y", "x")),
+    )
+    table, _ = _measure(job, channel_names, pixel_size_um, morphology, block_px, None)
     return table
 
 
@@ -179,9 +204,12 @@ def measure_store(
     steinbock_dir: str | Path | None = None,
     connectivity: int = 1,
     neighbours: str = "centroids",
+    morphology: str = "default",
+    block_px: int = BLOCK_PX,
     overwrite: bool = False,
     config: dict[str, Any] | None = None,
     image_store: str | Path | None = None,
+    progress: Progress | None = None,
 ) -> MeasureResult:
     """Measure ``labels/<labels>`` of ``store`` and write the cell tables.
 
@@ -219,7 +247,13 @@ def measure_store(
         Distance graph written to the edge table, ``obsp`` and steinbock's
         neighbors.csv: centroid distance, or border distance (smallest
         distance between pixel centres of two cells, steinbock's
-        ``--type borders``); see :func:`neighbour_edges`.
+        ``--type borders``); see :func:`edge_table`.
+    morphology : {"default", "full"}
+        ``default``: area, centroid, box, perimeter and moment features
+        (vectorised); ``full`` adds solidity, asymmetry, concavities and
+        fill from per-cell convex hulls (slower).
+    block_px : int
+        Side (px) of the blocks each task reads (rounded to whole chunks).
     overwrite : bool
         Replace existing outputs.
     config : dict, optional
@@ -227,6 +261,8 @@ def measure_store(
     image_store : str or Path, optional
         Store holding the image when the labels were written to a separate
         output store (default: ``store``).
+    progress : callable, optional
+        ``progress(stage, done, total)`` as blocks finish.
 
     Returns
     -------
@@ -242,6 +278,7 @@ def measure_store(
         raise ConfigError(f"unknown neighbours {neighbours!r}; choose from {list(NEIGHBOURS)}.")
     if not distance_um > 0:
         raise ConfigError(f"neighbour distance must be > 0 um; got {distance_um}.")
+    _check_morphology(morphology)
     slide = open_slide(image_store or store, pixel_size_um)
     if slide.pixel_size_um is None:
         raise PixelSizeError(
@@ -249,9 +286,13 @@ def measure_store(
         )
     names = list(channels) if channels else list(slide.channel_names)
     index = [slide.channel_index(n) for n in names]
-    image = slide.data[index] if index != list(range(len(slide.channel_names))) else slide.data
-    cells = read_labels(store, labels)
-    nucleus_labels = read_labels(store, nuclei) if nuclei and nuclei in list_labels(store) else None
+    job = MeasureJob(
+        labels=RegionReader(label_array(store, labels)),
+        image=slide.reader(index),
+        nuclei=RegionReader(label_array(store, nuclei)) if nuclei and nuclei in list_labels(store) else None,
+        connectivity=connectivity,
+        border_dmax_px=distance_um / slide.pixel_size_um if neighbours == "borders" else None,
+    )
     tables_dir = join(store, "tables")
     planned = {
         "anndata": join(tables_dir, table_name),
@@ -262,10 +303,8 @@ def measure_store(
             taken = table_name in list_tables(store) if kind == "anndata" else exists(planned[kind])
             if taken:
                 raise OutputExistsError(f"{planned[kind]} exists; pass --overwrite to replace it.")
-    table = measure_arrays(cells, image, names, slide.pixel_size_um, nucleus_labels)
-    edges = neighbour_edges(
-        cells, table, slide.pixel_size_um, distance_um, connectivity, neighbours
-    )
+    table, measured = _measure(job, names, slide.pixel_size_um, morphology, block_px, progress)
+    edges = edge_table(measured, table, slide.pixel_size_um, distance_um, neighbours)
     paths: dict[str, str] = {}
     if "parquet" in outputs:
         provenance = dict(pixel_size_um=slide.pixel_size_um, source_image=slide.path,

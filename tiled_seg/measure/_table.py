@@ -1,4 +1,4 @@
-"""Turn merged per-cell sums into the cell table, and the table into AnnData / steinbock frames."""
+"""Turn merged per-cell sums into the cell table, and the table into AnnData."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 from scipy import sparse
+
+from tiled_seg.measure._morphology import moment_features
 
 __all__ = ["cell_table", "link_nuclei", "to_anndata"]
 
@@ -57,31 +59,57 @@ def link_nuclei(pairs: np.ndarray, cell_ids: np.ndarray) -> tuple[np.ndarray, np
 def cell_table(
     sums: dict[str, np.ndarray], channel_names: Sequence[str], pixel_size_um: float
 ) -> pd.DataFrame:
-    """One row per cell from the merged partials of ``aggregate_cells``.
+    """One row per cell from the merged block partials (``BlockMeasurements.cells``).
 
-    Columns: ``cell_id``; ``area`` (px) and ``area_um2``; ``centroid_y`` /
-    ``centroid_x`` (px, pixel centres at integer coordinates as in skimage)
-    and ``centroid_y_um`` / ``centroid_x_um``; ``bbox_min_y``, ``bbox_min_x``,
-    ``bbox_max_y``, ``bbox_max_x`` (px, max exclusive); the mean of each
-    channel under its own name and its sum as ``<name>_sum``. With nuclei:
-    ``nucleus_id`` (maximum overlap, 0 if none), ``nuclear_area`` (px of the
-    cell inside that nucleus), ``nc_ratio`` (nuclear_area / area, 0 without a
-    nucleus), and per channel ``<name>_nuclear`` (mean over the cell's pixels
-    inside any nucleus) and ``<name>_cytoplasm`` (mean over the rest; NaN
-    when a compartment is empty).
+    Column names carry their unit: ``_px`` (px or px**2 for areas), ``_um``,
+    ``_um2``, ``_rad``; names without a suffix are unitless.
+
+    - ``cell_id``; ``area_px`` (pixel count) and ``area_um2``;
+    - ``centroid_y_px`` / ``centroid_x_px`` (pixel centres at integer
+      coordinates, as in skimage) and ``centroid_y_um`` / ``centroid_x_um``;
+    - ``bbox_min_y_px``, ``bbox_min_x_px``, ``bbox_max_y_px``,
+      ``bbox_max_x_px`` (max exclusive);
+    - ``perimeter_px`` / ``perimeter_um``, ``major_axis_length_px`` /
+      ``_um``, ``minor_axis_length_px`` / ``_um``, ``eccentricity``,
+      ``orientation_rad``: skimage's regionprops ``perimeter``,
+      ``axis_major_length``, ``axis_minor_length``, ``eccentricity``,
+      ``orientation``;
+    - ``aspect_ratio`` (major axis length / equivalent circular diameter)
+      and ``perimeter2_over_area`` (perimeter**2 / area, both in px), the
+      Mesmer paper's shape metrics;
+    - the mean of each channel under its own name and its sum as
+      ``<name>_sum``;
+    - with nuclei: ``nucleus_id`` (maximum overlap, 0 if none),
+      ``nuclear_area_px`` (px of the cell inside that nucleus), ``nc_ratio``
+      (nuclear_area_px / area_px, 0 without a nucleus), and per channel
+      ``<name>_nuclear`` (mean over the cell's pixels inside any nucleus) and
+      ``<name>_cytoplasm`` (mean over the rest; NaN when a compartment is
+      empty).
     """
     count = sums["count"].astype(np.float64)
     columns: dict[str, Any] = {
         "cell_id": sums["label"].astype(np.int64),
-        "area": sums["count"].astype(np.int64),
+        "area_px": sums["count"].astype(np.int64),
         "area_um2": count * pixel_size_um**2,
-        "centroid_y": sums["sum_y"] / count,
-        "centroid_x": sums["sum_x"] / count,
+        "centroid_y_px": sums["sum_y"] / count,
+        "centroid_x_px": sums["sum_x"] / count,
     }
-    columns["centroid_y_um"] = columns["centroid_y"] * pixel_size_um
-    columns["centroid_x_um"] = columns["centroid_x"] * pixel_size_um
+    columns["centroid_y_um"] = columns["centroid_y_px"] * pixel_size_um
+    columns["centroid_x_um"] = columns["centroid_x_px"] * pixel_size_um
     for corner in ("min_y", "min_x", "max_y", "max_x"):
-        columns[f"bbox_{corner}"] = sums[corner].astype(np.int64)
+        columns[f"bbox_{corner}_px"] = sums[corner].astype(np.int64)
+    shape = moment_features(sums)
+    perimeter = sums["perimeter"].astype(np.float64)
+    columns["perimeter_px"] = perimeter
+    columns["perimeter_um"] = perimeter * pixel_size_um
+    for axis in ("major", "minor"):
+        length = shape[f"{axis}_axis_length"]
+        columns[f"{axis}_axis_length_px"] = length
+        columns[f"{axis}_axis_length_um"] = length * pixel_size_um
+    columns["eccentricity"] = shape["eccentricity"]
+    columns["orientation_rad"] = shape["orientation"]
+    columns["aspect_ratio"] = shape["major_axis_length"] / np.sqrt(4 * count / np.pi)
+    columns["perimeter2_over_area"] = perimeter**2 / count
     means = sums["sum"] / count[:, None]
     for index, name in enumerate(channel_names):
         columns[name] = means[:, index]
@@ -90,7 +118,7 @@ def cell_table(
     if "pairs" in sums:
         nucleus_id, shared = link_nuclei(sums["pairs"], columns["cell_id"])
         columns["nucleus_id"] = nucleus_id
-        columns["nuclear_area"] = shared
+        columns["nuclear_area_px"] = shared
         columns["nc_ratio"] = shared / count
         nuc_count = sums["nuc_count"].astype(np.float64)[:, None]
         with np.errstate(invalid="ignore", divide="ignore"):

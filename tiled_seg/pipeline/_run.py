@@ -184,7 +184,7 @@ def _slide_stats(inputs: _Inputs, level_index: int, config: RunConfig) -> SlideS
     level = slide.levels[level_index]
     try:
         return compute_slide_stats(
-            level,
+            slide.reader(level=level_index),
             slide.channel_names,
             config.panel.nuclear,
             inputs.membrane,
@@ -225,7 +225,7 @@ def _tile_job(inputs: _Inputs, config: RunConfig, stats: SlideStats, scratch: st
 
 def _write_labels(
     store: str, scratch: str, inputs: _Inputs, grid: TileGrid, plan: StitchPlan,
-    results: list[TileResult],
+    results: list[TileResult], progress: Progress | None,
 ) -> tuple[dict[str, str], int | None]:
     """Write the stitched primary labels, and the linked nuclei when every tile has them.
 
@@ -235,28 +235,30 @@ def _write_labels(
     out_names, primary = inputs.out_names, inputs.primary
     chunk_px = min(inputs.slide.chunk_yx)
     write_labels(store, out_names[primary], stitched_array(scratch, "objects", grid, plan),
-                 inputs.pixel_size_um, chunk_px=chunk_px, overwrite=True)
+                 inputs.pixel_size_um, chunk_px=chunk_px, overwrite=True, progress=progress)
     written = {primary: f"{store}/labels/{out_names[primary]}"}
     n_nuclei: int | None = plan.n_objects if primary == "nuclei" else None
     if primary == "cells" and all(r.core_nucleus_ids is not None for r in results):
         write_labels(store, out_names["nuclei"], stitched_array(scratch, "linked", grid, plan),
-                     inputs.pixel_size_um, chunk_px=chunk_px, overwrite=True)
+                     inputs.pixel_size_um, chunk_px=chunk_px, overwrite=True, progress=progress)
         written["nuclei"] = f"{store}/labels/{out_names['nuclei']}"
         ids = [plan.luts[r.index][r.core_nucleus_ids] for r in results]
         n_nuclei = int(np.unique(np.concatenate(ids)).size) if ids else 0
     return written, n_nuclei
 
 
-def _expand(store: str, inputs: _Inputs, radius_um: float) -> str:
+def _expand(store: str, inputs: _Inputs, radius_um: float, progress: Progress | None) -> str:
     """Grow the nuclei by ``radius_um`` into the cells label image; returns its path."""
     out_names = inputs.out_names
     expand_store(store, source=out_names["nuclei"], target=out_names["cells"],
                  radius_um=radius_um, pixel_size_um=inputs.pixel_size_um,
-                 overwrite=True)
+                 overwrite=True, progress=progress)
     return f"{store}/labels/{out_names['cells']}"
 
 
-def _measure(store: str, inputs: _Inputs, config: RunConfig, labels: dict[str, str]) -> dict[str, str]:
+def _measure(
+    store: str, inputs: _Inputs, config: RunConfig, labels: dict[str, str], progress: Progress | None
+) -> dict[str, str]:
     """Measure every cell into the output tables; returns their paths by name."""
     out_names = inputs.out_names
     measured = measure_store(
@@ -267,9 +269,11 @@ def _measure(store: str, inputs: _Inputs, config: RunConfig, labels: dict[str, s
         table_name=config.outputs.table,
         distance_um=config.neighbour_distance_um,
         neighbours=config.neighbours,
+        morphology=config.morphology,
         overwrite=True,
         config=config.model_dump(mode="json"),
         image_store=inputs.slide.path,
+        progress=progress,
     )
     return dict(measured.paths)
 
@@ -354,14 +358,14 @@ def run(
         with _timed(timings, "stitch"):
             stitch = stitch_tiles(client, scratch, plan.grid, results, config.tiling.min_overlap)
         with _timed(timings, "write"):
-            labels, n_nuclei = _write_labels(store, scratch, inputs, plan.grid, stitch, results)
+            labels, n_nuclei = _write_labels(store, scratch, inputs, plan.grid, stitch, results, progress)
         if config.expand_nuclei_um is not None:
             with _timed(timings, "expand"):
-                labels["cells"] = _expand(store, inputs, config.expand_nuclei_um)
+                labels["cells"] = _expand(store, inputs, config.expand_nuclei_um, progress)
         tables: dict[str, str] = {}
         if config.measure and "cells" in labels:
             with _timed(timings, "measure"):
-                tables = _measure(store, inputs, config, labels)
+                tables = _measure(store, inputs, config, labels, progress)
         result = RunResult(
             store=str(store),
             labels=labels,

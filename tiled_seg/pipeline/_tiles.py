@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import dask.array as da
 import numpy as np
@@ -19,6 +19,7 @@ import zarr
 from distributed import Client, as_completed
 
 from tiled_seg._manifest import TileResult, record_tile
+from tiled_seg.blocks import Progress
 from tiled_seg.cluster import gpu_resources
 from tiled_seg.errors import BackendError, CorruptChunkError, TileLayoutError
 from tiled_seg.io.ngff import Slide, find_unreadable_block, open_slide
@@ -27,8 +28,6 @@ from tiled_seg.segmenters import SlideContext, get_segmenter, get_segmenter_clas
 from tiled_seg.stitch import core_label_ids
 from tiled_seg.tiling import Tile, TileGrid
 
-#: Called as ``progress(stage, done, total)`` while tiles finish.
-Progress = Callable[[str, int, int], None]
 
 #: Largest label id the uint32 scratch and output arrays hold.
 MAX_LABEL_ID = int(np.iinfo(np.uint32).max)

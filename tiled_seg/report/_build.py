@@ -235,7 +235,7 @@ def write_report(
     summary, config = dict(attrs.get("summary", {})), dict(attrs.get("config", {}))
     slide = open_slide(attrs.get("source") or store, config.get("pixel_size_um"))
     pixel_um = slide.pixel_size_um or float(
-        (cells["centroid_y_um"] / cells["centroid_y"].where(cells["centroid_y"] > 0)).median()
+        (cells["centroid_y_um"] / cells["centroid_y_px"].where(cells["centroid_y_px"] > 0)).median()
     )
     if labels not in [*zarr.open_group(f"{store}/labels", mode="r").group_keys()]:
         raise InputNotFoundError(f"{store} has no labels/{labels}; run `tiled-seg run` first.")
@@ -256,7 +256,7 @@ def write_report(
         "cell outlines red, tile cores dashed yellow."
     )
     if tile_px and halo_px:
-        centroids = cells[["centroid_y", "centroid_x"]].to_numpy(np.float64)
+        centroids = cells[["centroid_y_px", "centroid_x_px"]].to_numpy(np.float64)
         crops = _seam_crops(slide, store, labels, channels, int(tile_px), int(halo_px), n_seam_crops,
                             centroids)
         fig_paths["seams"] = figs.seam_figure(folder / "seams.png", crops)
@@ -267,7 +267,7 @@ def write_report(
     density = density_per_mm2(cells, pixel_um, DENSITY_BIN_UM, slide.shape_yx)
     qc = slide_qc(cells, pixel_um, DENSITY_BIN_UM, slide.shape_yx)
     fig_paths["sizes"] = figs.size_density_figure(
-        folder / "sizes.png", cells["area"].to_numpy() * pixel_um**2, density, DENSITY_BIN_UM
+        folder / "sizes.png", cells["area_px"].to_numpy() * pixel_um**2, density, DENSITY_BIN_UM
     )
     captions["sizes"] = "Cell areas and local cell density (bins without cells left out)."
     measured = [n for n in slide.channel_names if n in cells.columns]

@@ -11,6 +11,7 @@ import numpy as np
 
 from tiled_seg.errors import ChannelError, ConfigError, PixelSizeError
 from tiled_seg.io.ngff import NGFFVersion, write_image, write_labels
+from tiled_seg.tiling import DEFAULT_CHUNK_PX
 from tiled_seg.synth._geometry import _count_table, _label_block
 from tiled_seg.synth._model import _Model
 from tiled_seg.synth._panel import CELL_TYPES, _markers
@@ -104,7 +105,7 @@ def synth_arrays(
     pixel_size_um: float = 1.0,
     density: float = 1.0,
     spillover: float = 0.0,
-    chunk_px: int = 256,
+    chunk_px: int = DEFAULT_CHUNK_PX,
 ) -> tuple[da.Array, da.Array, da.Array, list[str]]:
     """Lazy synthetic IMC-like image and its ground truth.
 
@@ -149,7 +150,7 @@ def make_slide(
     pixel_size_um: float = 1.0,
     density: float = 1.0,
     spillover: float = 0.0,
-    chunk_px: int = 256,
+    chunk_px: int = DEFAULT_CHUNK_PX,
     ngff_version: NGFFVersion = "0.5",
     overwrite: bool = False,
 ) -> SynthInfo:

@@ -1,0 +1,121 @@
+"""Stage benchmark: a default run (measurement on) next to its floors, same process, same slide.
+
+Usage::
+
+    python benchmarks/bench_run.py --sizes 4096 8192 --channels 16 --workers 2 --keep /tmp/bench_slides
+
+For each size it synthesizes a slide (not timed; ``--keep DIR`` reuses one),
+runs ``tiled_seg.pipeline.run`` with the default configuration (watershed,
+measurement on, default morphology) on a LocalCluster and prints every
+stage's wall time, the segmenter time (sum over tiles / workers), and,
+measured right after in the same process, the floors:
+
+- ``read_zarr_s``: the whole image read by zarr in this process, one call;
+- ``dask_sum_s``: a plain dask sum of the image on the same cluster (one
+  task per chunk per channel, the pattern the block tasks replace);
+- ``rp_intensity_s``: ``regionprops_table`` (label, area, centroid,
+  intensity_mean) on the loaded labels and image, one process;
+- ``rp_morphology_s``: ``regionprops_table`` (perimeter, eccentricity,
+  solidity, axis lengths) on the loaded labels, one process;
+- ``our_morphology_s``: our default shape kernels (perimeter, moments) on
+  the same loaded labels, one process.
+
+Ratios are the figures to read: ``measure / segment`` (goal <= 1),
+``measure / read_zarr`` (goal <= 1.5), ``our_morphology / rp_morphology``
+(goal <= 1), ``wall / segmenter`` (goal <= 2). Peak memory is the summed
+RSS of this process and its workers during the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from skimage.measure import regionprops_table
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_pipeline import PeakMemory  # noqa: E402
+
+from tiled_seg.cluster import connect  # noqa: E402
+from tiled_seg.config import RunConfig  # noqa: E402
+from tiled_seg.io.ngff import label_array, open_slide  # noqa: E402
+from tiled_seg.measure import block_partials, moment_features, perimeter_partials  # noqa: E402
+from tiled_seg.pipeline import run  # noqa: E402
+from tiled_seg.synth import make_slide  # noqa: E402
+from tiled_seg.tiling import Box  # noqa: E402
+
+
+def _timed(function):
+    started = time.perf_counter()
+    value = function()
+    return time.perf_counter() - started, value
+
+
+def _our_morphology(labels: np.ndarray) -> None:
+    whole = Box(0, labels.shape[0], 0, labels.shape[1])
+    perimeter_partials(labels, whole)
+    moment_features(block_partials(labels, np.zeros((0, *labels.shape)), (0, 0)))
+
+
+def bench(size: int, channels: int, workers: int, tile_px: int, folder: Path, floors: bool) -> dict:
+    path = folder / f"bench_{size}x{channels}.ome.zarr"
+    if not path.exists():
+        make_slide(path, size=(size, size), n_channels=channels, seed=1)
+    config = RunConfig().with_overrides(**{"tiling.tile_px": tile_px})
+    row: dict = {"size": size, "channels": channels, "workers": workers}
+    with connect(workers=workers) as client:
+        with PeakMemory() as memory:
+            wall, result = _timed(lambda: run(path, config, client=client, overwrite=True))
+        row.update(tiles=result.n_tiles, cells=result.n_cells, wall_s=wall,
+                   segmenter_s=result.segment_seconds / workers,
+                   peak_total_gib=memory.peak_total / 2**30)
+        row.update({f"{k}_s": v for k, v in result.timings.items()})
+        slide = open_slide(path)
+        if floors:
+            row["dask_sum_s"], _ = _timed(lambda: slide.data.sum().compute())
+    if floors:
+        row["read_zarr_s"], image = _timed(lambda: np.asarray(slide.source[...]))
+        labels = np.asarray(label_array(path, "cells")[...])
+        row["rp_intensity_s"], _ = _timed(lambda: regionprops_table(
+            labels, intensity_image=np.moveaxis(image, 0, -1),
+            properties=("label", "area", "centroid", "intensity_mean")))
+        del image
+        row["rp_morphology_s"], _ = _timed(lambda: regionprops_table(
+            labels, properties=("label", "perimeter", "eccentricity", "solidity",
+                                "axis_major_length", "axis_minor_length")))
+        row["our_morphology_s"], _ = _timed(lambda: _our_morphology(labels))
+        row["measure_over_read"] = row["measure_s"] / row["read_zarr_s"]
+        row["our_over_rp_morphology"] = row["our_morphology_s"] / row["rp_morphology_s"]
+    row["measure_over_segment"] = row["measure_s"] / row["segment_s"]
+    row["wall_over_segmenter"] = row["wall_s"] / row["segmenter_s"]
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[4096, 8192])
+    parser.add_argument("--channels", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--tile-px", type=int, default=1024)
+    parser.add_argument("--no-floors", action="store_true", help="Skip the single-process floors.")
+    parser.add_argument("--keep", type=Path, help="Keep slides in this folder.")
+    args = parser.parse_args()
+    folder = args.keep or Path(tempfile.mkdtemp(prefix="tiled_seg_bench_"))
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        for size in args.sizes:
+            row = bench(size, args.channels, args.workers, args.tile_px, folder, not args.no_floors)
+            print(" ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}"
+                           for k, v in row.items()), flush=True)
+    finally:
+        if args.keep is None:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

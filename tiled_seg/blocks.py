@@ -1,0 +1,126 @@
+"""Block tasks: the one way the non-model stages map work over a slide.
+
+A stage cuts the slide into a modest number of chunk-aligned blocks
+(:func:`tiled_seg.tiling.plan_blocks`, about the tile grid, not the chunk
+grid), runs one task per block that reads what it needs with direct region
+reads, and merges the small per-block results in a fixed tree
+(:func:`tree_reduce`), so the result does not depend on the order tasks
+finish. :func:`compute_blocks` runs such a graph on the current distributed
+client, reporting ``progress(stage, done, total)`` as blocks finish, or on
+dask's local scheduler when there is no client.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence, TypeVar
+
+import dask
+import dask.array as da
+import numpy as np
+from dask.delayed import Delayed
+
+__all__ = ["FAN_IN", "Progress", "compute_blocks", "store_blocks", "tree_reduce"]
+
+#: Called as ``progress(stage, done, total)`` while a stage's tasks finish.
+Progress = Callable[[str, int, int], None]
+
+#: Partial results merged per reduction task.
+FAN_IN = 8
+
+T = TypeVar("T")
+
+
+def tree_reduce(parts: Sequence[Any], combine: Callable[[list[T]], T], fan_in: int = FAN_IN) -> Delayed:
+    """Merge delayed ``parts`` with ``combine`` in a fixed tree of fan-in ``fan_in``.
+
+    There is always at least one merge, so a single part is passed through
+    ``combine`` too. Memory stays at ``fan_in`` partials per merge.
+
+    >>> tree_reduce([dask.delayed(i) for i in range(20)], sum).compute()
+    190
+    """
+    merge = dask.delayed(combine, pure=True)
+    level = [merge(list(parts[i : i + fan_in])) for i in range(0, max(len(parts), 1), fan_in)]
+    while len(level) > 1:
+        level = [merge(level[i : i + fan_in]) for i in range(0, len(level), fan_in)]
+    return level[0]
+
+
+def _current_client() -> Any | None:
+    try:
+        from distributed import default_client
+
+        return default_client()
+    except (ImportError, ValueError):
+        return None
+
+
+def compute_blocks(
+    leaves: Sequence[Delayed], root: Delayed, stage: str, progress: Progress | None = None
+) -> Any:
+    """Compute ``root``, reporting ``progress(stage, done, len(leaves))`` per finished leaf.
+
+    Parameters
+    ----------
+    leaves : sequence of Delayed
+        The block tasks ``root`` depends on.
+    root : Delayed
+        The merged result (e.g. from :func:`tree_reduce`).
+    stage : str
+        Stage name passed to ``progress``.
+    progress : callable, optional
+
+    Returns
+    -------
+    The value of ``root``.
+    """
+    client = _current_client()
+    if client is None or progress is None:
+        (value,) = dask.compute(root)
+        return value
+    from distributed import as_completed
+
+    futures = client.compute([*leaves, root])
+    leaf_futures, root_future = futures[:-1], futures[-1]
+    total = len(leaf_futures)
+    progress(stage, 0, total)
+    for done, _ in enumerate(as_completed(leaf_futures), start=1):
+        progress(stage, done, total)
+    return root_future.result()
+
+
+def _store_block(block: np.ndarray, target: Any, where: tuple[slice, ...]) -> int:
+    target[where] = block
+    return 0
+
+
+def _count(parts: list[int]) -> int:
+    return sum(parts)
+
+
+def store_blocks(
+    array: da.Array, target: Any, stage: str, progress: Progress | None = None,
+    done: int = 0, total: int | None = None,
+) -> int:
+    """Write ``array`` into ``target`` (e.g. a zarr array), one task per dask block.
+
+    Each task computes its block and writes it itself, so blocks never travel
+    to the caller; blocks should cover whole chunks of ``target``.
+    ``progress(stage, done + finished, total)`` is reported as blocks are
+    written, so several calls can share one count.
+
+    Returns
+    -------
+    int
+        ``done`` plus the number of blocks written.
+    """
+    edges = [np.cumsum((0, *sizes)) for sizes in array.chunks]
+    task = dask.delayed(_store_block, pure=False)
+    leaves = []
+    for index, block in zip(np.ndindex(*array.numblocks), array.to_delayed().ravel()):
+        where = tuple(slice(int(e[i]), int(e[i + 1])) for e, i in zip(edges, index))
+        leaves.append(task(block, target, where))
+    total = done + len(leaves) if total is None else total
+    offset = None if progress is None else (lambda s, n, _: progress(s, done + n, total))
+    compute_blocks(leaves, tree_reduce(leaves, _count), stage, offset)
+    return done + len(leaves)
