@@ -94,3 +94,26 @@ def test_gpu_true_without_cuda_is_an_error(random_weights: str) -> None:
     seg = cp_backend.CellposeSegmenter(dict(pretrained_model=random_weights, gpu=True))
     with pytest.raises(BackendError, match="no CUDA"):
         seg.load()
+
+
+def test_backend_equals_cellpose_model_eval_on_the_same_tile(random_weights: str) -> None:
+    from cellpose import models
+
+    options = dict(pretrained_model=random_weights, gpu=False, compartment="whole-cell",
+                   flow_threshold=0.0, cell_diameter_um=30.0)
+    nuclear, membrane = _blobs()
+    result = cp_backend.CellposeSegmenter(options).segment(nuclear, membrane, CONTEXT)
+    model = models.CellposeModel(gpu=False, mkldnn=False, pretrained_model=random_weights)
+    o = cp_backend.CellposeOptions(**options)
+    masks = model.eval(
+        np.stack([membrane, nuclear], axis=-1), channels=[1, 2], channel_axis=-1,
+        diameter=30.0 / CONTEXT.pixel_size_um, normalize={"normalize": False},
+        batch_size=o.batch_size, flow_threshold=0.0, cellprob_threshold=o.cellprob_threshold,
+        min_size=o.min_size_px,
+    )[0]
+    assert masks.max() > 0
+    # Equal up to Cellpose's own ids (the backend renumbers them consecutively).
+    assert np.array_equal(result.cells > 0, masks > 0)
+    assert len(np.unique(result.cells)) == len(np.unique(masks))
+    pairs = np.unique(np.stack([result.cells.ravel(), masks.ravel()]), axis=1)
+    assert pairs.shape[1] == len(np.unique(masks))

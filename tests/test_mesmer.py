@@ -1,4 +1,7 @@
-"""Mesmer backend: processing from the paper on constructed maps, and loading a SavedModel."""
+"""Mesmer backend: processing on constructed maps, loading a SavedModel.
+
+Equality with DeepCell's own code is in ``test_mesmer_deepcell.py``.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +15,6 @@ from tiled_seg.errors import BackendError
 from tiled_seg.segmenters import SlideContext
 from tiled_seg.segmenters import _mesmer_processing as processing
 from tiled_seg.segmenters import mesmer
-from tiled_seg.segmenters._instances import rescale_image, resize_labels
 
 
 def _disk(shape: tuple[int, int], cy: float, cx: float, r: float) -> np.ndarray:
@@ -33,39 +35,44 @@ def _maps() -> tuple[np.ndarray, np.ndarray]:
     return distance, interior
 
 
+NO_SMOOTH = processing.WatershedSettings(interior_smooth_px=0)
+
+
 def test_deep_watershed_finds_known_cells_and_drops_specks() -> None:
     distance, interior = _maps()
-    labels = processing.deep_watershed(distance, interior, interior_smooth_px=0)
+    labels = processing.deep_watershed(distance, interior, NO_SMOOTH)
     assert labels.max() == 2  # the 9-px speck is under 15 px
     assert labels[24, 20] != labels[24, 35] and labels[24, 20] > 0 and labels[24, 35] > 0
     assert labels[8, 56] == 0
     # Below the interior threshold nothing is labelled.
-    assert processing.deep_watershed(distance, interior * 0.2, interior_smooth_px=0).max() == 0
+    assert processing.deep_watershed(distance, interior * 0.15, NO_SMOOTH).max() == 0
 
 
 def test_deep_watershed_fills_holes_but_not_large_ones() -> None:
     distance, interior = _maps()
     interior[23:26, 19:22] = 0  # a 9-px hole in cell 1
-    labels = processing.deep_watershed(distance, interior, interior_smooth_px=0)
+    labels = processing.deep_watershed(distance, interior, NO_SMOOTH)
     assert labels[24, 20] > 0
-    assert processing.deep_watershed(distance, interior, interior_smooth_px=0, max_hole_px=0)[24, 20] == 0
+    no_fill = processing.WatershedSettings(interior_smooth_px=0, max_hole_px=0)
+    assert processing.deep_watershed(distance, interior, no_fill)[24, 20] == 0
 
 
 def test_peaks_below_maxima_threshold_seed_nothing() -> None:
     distance, interior = _maps()
-    assert processing.deep_watershed(distance * 0.05, interior, interior_smooth_px=0).max() == 0
+    assert processing.deep_watershed(distance * 0.05, interior, NO_SMOOTH).max() == 0
 
 
 @pytest.mark.parametrize("shape", [(37, 53), (64, 64)])
 @pytest.mark.parametrize("pixel_size_um", [0.39, 1.0])
-def test_rescale_to_model_mpp_and_back_restores_shape(shape, pixel_size_um) -> None:
+def test_resize_to_model_mpp_and_back_restores_shape(shape, pixel_size_um) -> None:
     image = np.random.default_rng(0).random(shape + (2,), dtype=np.float32)
     factor = pixel_size_um / 0.5
-    resized = rescale_image(image, factor)
-    assert resized.shape == (round(shape[0] * factor), round(shape[1] * factor), 2)
-    labels = np.arange(resized.shape[0] * resized.shape[1]).reshape(resized.shape[:2])
-    back = resize_labels(labels, shape)
-    assert back.shape == shape and set(np.unique(back)) <= set(labels.ravel())
+    resized = processing.resize_input(image, pixel_size_um, 0.5)
+    assert resized.shape == (int(shape[0] * factor), int(shape[1] * factor), 2)
+    labels = np.arange(resized.shape[0] * resized.shape[1]).reshape(resized.shape[:2] + (1,))
+    for stack in (labels, np.concatenate([labels, labels], -1)):
+        back = processing.resize_output(stack, shape)
+        assert back.shape == shape + stack.shape[2:] and set(np.unique(back)) <= set(labels.ravel())
 
 
 def test_preprocess_clips_and_equalises() -> None:
@@ -118,7 +125,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_savedmodel_loads_once_and_segments(tiny_model: Path) -> None:
-    seg = mesmer.MesmerSegmenter(dict(model_path=str(tiny_model), use_deepcell_package=False, window_px=64, margin_px=8))
+    seg = mesmer.MesmerSegmenter(dict(model_path=str(tiny_model), use_deepcell_package=False, window_px=64))
     before = mesmer.model_loads()
     rng = np.random.default_rng(2)
     nuclear, membrane = rng.random((2, 45, 70), dtype=np.float32)

@@ -47,6 +47,7 @@ __all__ = [
     "positive_cells",
     "coexpression",
     "binned_rates",
+    "seam_lines",
     "seam_distance_px",
     "seam_check",
 ]
@@ -275,16 +276,25 @@ def _shape_of(table: pd.DataFrame, shape_yx: tuple[int, int] | None) -> tuple[in
     return int(np.ceil(table["centroid_y_px"].max())) + 1, int(np.ceil(table["centroid_x_px"].max())) + 1
 
 
+def _per_axis(size_px: int | Sequence[int], name: str) -> tuple[int, int]:
+    """``(y, x)`` sizes from one size or a pair, validated as positive px."""
+    sizes = (size_px, size_px) if isinstance(size_px, (int, np.integer)) else tuple(size_px)
+    if len(sizes) != 2 or min(sizes) < 1:
+        raise ConfigError(f"{name} must be a positive number of pixels, or one per axis (y, x); got {size_px}.")
+    return int(sizes[0]), int(sizes[1])
+
+
 def binned_rates(
     table: pd.DataFrame,
     flags: np.ndarray,
-    bin_px: int,
+    bin_px: int | Sequence[int],
     shape_yx: tuple[int, int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Rate of flagged cells per square bin of the slide.
+    """Rate of flagged cells per rectangular bin of the slide.
 
-    With ``bin_px`` equal to the run's ``tile_px`` the bins are the tile
-    cores; for a bin size in um, pass ``round(bin_um / pixel_size_um)``.
+    With ``bin_px`` equal to the run's ``TileGrid.tile_px`` (per axis) the
+    bins are the tile cores; for a bin size in um, pass
+    ``round(bin_um / pixel_size_um)``.
 
     Parameters
     ----------
@@ -292,8 +302,8 @@ def binned_rates(
         Cell table with ``centroid_y_px`` / ``centroid_x_px``.
     flags : ndarray of bool, shape (n_cells,)
         E.g. :attr:`CoexpressionResult.impossible`.
-    bin_px : int
-        Bin side (px).
+    bin_px : int or (int, int)
+        Bin side (px), or ``(y, x)`` sides.
     shape_yx : (int, int), optional
         Slide shape (px); default from the cells' boxes.
 
@@ -304,12 +314,11 @@ def binned_rates(
     counts : ndarray of int, shape (rows, cols)
         Cells per bin.
     """
-    if bin_px < 1:
-        raise ConfigError(f"bin_px must be a positive number of pixels; got {bin_px}.")
+    bin_y, bin_x = _per_axis(bin_px, "bin_px")
     height, width = _shape_of(table, shape_yx)
-    rows, cols = -(-height // bin_px), -(-width // bin_px)
-    by = np.clip((table["centroid_y_px"].to_numpy() // bin_px).astype(np.int64), 0, rows - 1)
-    bx = np.clip((table["centroid_x_px"].to_numpy() // bin_px).astype(np.int64), 0, cols - 1)
+    rows, cols = -(-height // bin_y), -(-width // bin_x)
+    by = np.clip((table["centroid_y_px"].to_numpy() // bin_y).astype(np.int64), 0, rows - 1)
+    bx = np.clip((table["centroid_x_px"].to_numpy() // bin_x).astype(np.int64), 0, cols - 1)
     index = by * cols + bx
     counts = np.bincount(index, minlength=rows * cols).reshape(rows, cols)
     flagged = np.bincount(index, weights=np.asarray(flags, np.float64), minlength=rows * cols)
@@ -318,16 +327,31 @@ def binned_rates(
     return rates, counts
 
 
+def seam_lines(tile_px: int | Sequence[int], shape_yx: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Internal seam positions (px) along y and x of a grid with cores of ``tile_px``.
+
+    Cores are aligned to the zarr chunk per axis, so a grid of 256 x 512 px
+    cores has seams every 256 px in y and every 512 px in x; a seam at ``s``
+    lies between pixels ``s - 1`` and ``s``.
+
+    >>> [a.tolist() for a in seam_lines((256, 512), (600, 1100))]
+    [[256, 512], [512, 1024]]
+    """
+    tile_y, tile_x = _per_axis(tile_px, "tile_px")
+    return (np.arange(tile_y, shape_yx[0], tile_y), np.arange(tile_x, shape_yx[1], tile_x))
+
+
 def seam_distance_px(
-    table: pd.DataFrame, tile_px: int, shape_yx: tuple[int, int] | None = None
+    table: pd.DataFrame, tile_px: int | Sequence[int], shape_yx: tuple[int, int] | None = None
 ) -> np.ndarray:
-    """Distance (px) from each centroid to the nearest internal tile seam (inf without seams)."""
-    if tile_px < 1:
-        raise ConfigError(f"tile_px must be a positive number of pixels; got {tile_px}.")
-    height, width = _shape_of(table, shape_yx)
+    """Distance (px) from each centroid to the nearest internal tile seam (inf without seams).
+
+    ``tile_px`` is the run's core size, one for both axes or ``(y, x)``
+    (``TileGrid.tile_px``); see :func:`seam_lines`.
+    """
+    shape = _shape_of(table, shape_yx)
     distance = np.full(len(table), np.inf)
-    for column, extent in (("centroid_y_px", height), ("centroid_x_px", width)):
-        seams = np.arange(tile_px, extent, tile_px, dtype=np.float64)
+    for column, seams in zip(("centroid_y_px", "centroid_x_px"), seam_lines(tile_px, shape)):
         if seams.size == 0:
             continue
         # A seam lies between pixels seam-1 and seam, i.e. at coordinate seam - 0.5.
@@ -339,7 +363,7 @@ def seam_distance_px(
 def seam_check(
     table: pd.DataFrame,
     flags: np.ndarray,
-    tile_px: int,
+    tile_px: int | Sequence[int],
     halo_px: int,
     shape_yx: tuple[int, int] | None = None,
 ) -> SeamCheck:
@@ -350,9 +374,10 @@ def seam_check(
     table : DataFrame
         Cell table with ``centroid_y_px`` / ``centroid_x_px``.
     flags : ndarray of bool, shape (n_cells,)
-    tile_px, halo_px : int
-        The run's core size and halo (px), from the store's
-        ``tiled_seg.summary``.
+    tile_px : int or (int, int)
+        The run's core size (px), per axis where the cores are not square.
+    halo_px : int
+        The run's halo (px).
     shape_yx : (int, int), optional
         Slide shape (px).
 

@@ -14,6 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from tiled_seg.coexpression import DEFAULT_EXCLUSIVE_PAIRS
 from tiled_seg.errors import ConfigError
 from tiled_seg.io.tables import DEFAULT_TABLE
 
@@ -26,6 +27,7 @@ __all__ = [
     "SlurmConfig",
     "KubernetesConfig",
     "ClusterConfig",
+    "QCConfig",
     "RunConfig",
     "load_config",
 ]
@@ -188,6 +190,37 @@ class ClusterConfig(_Section):
         return self
 
 
+def _pair(value: Any) -> Any:
+    """``"A/B"`` to ``("A", "B")``; other forms are left to the type check."""
+    if isinstance(value, str):
+        parts = tuple(p.strip() for p in value.split("/"))
+        if len(parts) != 2 or not all(parts):
+            raise ValueError(f"exclusive pair {value!r} must be two markers, as A/B or [A, B]")
+        return parts
+    return value
+
+
+class QCConfig(_Section):
+    """Quality control at the end of every measured run (the summary's ``qc``)."""
+
+    enabled: bool = True
+    #: Mutually exclusive markers (``A/B`` or ``[A, B]``, channel names or
+    #: MIBItiff base names such as ``CD3`` for ``CD3 (159)``); pairs whose
+    #: markers the slide lacks are skipped and listed as such.
+    exclusive_pairs: tuple[tuple[str, str], ...] = DEFAULT_EXCLUSIVE_PAIRS
+    #: Positivity threshold per marker from the cell means: Otsu of log1p,
+    #: or a percentile.
+    threshold: Literal["otsu", "percentile"] = "otsu"
+    percentile: float = Field(90.0, ge=0, le=100)
+    #: Side (um) of the square bins of the density summary.
+    density_bin_um: float = Field(100.0, gt=0)
+
+    @field_validator("exclusive_pairs", mode="before")
+    @classmethod
+    def _parse_pairs(cls, value: Any) -> Any:
+        return [_pair(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
 class RunConfig(_Section):
     """Everything a run needs besides the slide."""
 
@@ -212,6 +245,13 @@ class RunConfig(_Section):
     neighbours: Literal["centroids", "borders"] = "centroids"
     #: Largest distance (um) of that neighbour graph.
     neighbour_distance_um: float = Field(20.0, gt=0)
+    #: Quality control after measuring (co-expression, seams, sizes, density).
+    qc: QCConfig = QCConfig()
+    #: REDSEA spillover compensation (boundary mode) after measuring:
+    #: ``<channel>_redsea`` columns and a ``redsea`` layer in the tables.
+    redsea: bool = False
+    #: Width (um) of the cell boundary band REDSEA reads.
+    redsea_boundary_um: float = Field(2.0, gt=0)
     #: Where tasks run; does not change the results.
     cluster: ClusterConfig = ClusterConfig()
 

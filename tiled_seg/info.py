@@ -138,6 +138,10 @@ def _run_state_lines(state: dict[str, Any]) -> list[str]:
     timings = summary.get("timings_s")
     if timings:
         lines.append("  time: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))
+    if summary.get("qc"):
+        from tiled_seg.qc import headline
+
+        lines += [f"  qc: {line}" for line in headline(summary["qc"])]
     return lines
 
 

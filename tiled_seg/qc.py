@@ -2,22 +2,33 @@
 
 Impossible co-expression lives in :mod:`tiled_seg.coexpression`, spillover
 compensation in :mod:`tiled_seg.redsea`, the HTML page in
-:mod:`tiled_seg.report`.
+:mod:`tiled_seg.report`. :func:`run_qc` gathers all of it for one run (the
+``qc`` section of the run summary).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 
-from tiled_seg.coexpression import _shape_of, binned_rates
-from tiled_seg.errors import ConfigError
+from tiled_seg.coexpression import (
+    _shape_of,
+    binned_rates,
+    coexpression,
+    resolve_marker,
+    seam_check,
+    seam_lines,
+)
+from tiled_seg.config import QCConfig
+from tiled_seg.errors import ChannelError, ConfigError
 from tiled_seg.evaluate import contingency
+from tiled_seg.tiling import TileGrid
 
-__all__ = ["SlideQC", "cut_objects", "density_per_mm2", "slide_qc"]
+__all__ = ["SlideQC", "cut_objects", "density_per_mm2", "slide_qc", "seam_edge_cells", "run_qc", "headline"]
 
 
 @dataclass(frozen=True)
@@ -145,3 +156,178 @@ def cut_objects(reference: np.ndarray, candidate: np.ndarray, min_fraction: floa
     fraction = table.counts[keep] / area[table.true_ids[keep]]
     pieces = np.bincount(table.true_ids[keep][fraction >= min_fraction], minlength=area.size)
     return np.flatnonzero(pieces >= 2).astype(np.int64)
+
+
+def seam_edge_cells(
+    table: pd.DataFrame, tile_px: int | Sequence[int], shape_yx: tuple[int, int]
+) -> dict[str, Any]:
+    """Cell box edges lying exactly on tile seams, against every other line.
+
+    A cell cut in two at a seam leaves two pieces whose boxes end on the seam
+    line. Boxes also end on any line by chance, so the count on the seams is
+    compared with the count expected there: the mean count over all other
+    lines inside the slide (both axes) times the number of seams. Without
+    cutting ``ratio`` is near 1 (with Poisson noise on small slides); cut
+    cells raise it.
+
+    Parameters
+    ----------
+    table : DataFrame
+        Cell table with ``bbox_min_y_px``, ``bbox_max_y_px``, ``bbox_min_x_px``,
+        ``bbox_max_x_px`` (max exclusive).
+    tile_px : int or (int, int)
+        The run's core size (px), per axis.
+    shape_yx : (int, int)
+        Slide shape (px).
+
+    Returns
+    -------
+    dict
+        ``edges_on_seams`` (box edges on seam lines), ``expected`` (the
+        count other lines give), ``ratio`` (NaN without seams or edges)
+        and ``n_seams`` (seam lines, both axes).
+    """
+    on_seams, expected, n_seams = 0, 0.0, 0
+    for axis, seams, extent in zip("yx", seam_lines(tile_px, shape_yx), shape_yx):
+        ends = np.concatenate([table[f"bbox_min_{axis}_px"], table[f"bbox_max_{axis}_px"]]).astype(np.int64)
+        counts = np.bincount(ends, minlength=extent + 1)
+        others = np.ones(counts.size, bool)
+        others[[0, extent]] = False  # slide edges, where every box there ends
+        others[seams] = False
+        on_seams += int(counts[seams].sum())
+        expected += float(counts[others].mean()) * seams.size if others.any() else 0.0
+        n_seams += int(seams.size)
+    return {
+        "edges_on_seams": on_seams,
+        "expected": expected,
+        "ratio": on_seams / expected if expected > 0 else math.nan,
+        "n_seams": n_seams,
+    }
+
+
+def _present_pairs(
+    table: pd.DataFrame, pairs: Sequence[tuple[str, str]]
+) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """The pairs whose markers are both table columns, and the others."""
+    present, absent = [], []
+    for a, b in pairs:
+        try:
+            resolve_marker(a, list(table.columns))
+            resolve_marker(b, list(table.columns))
+        except ChannelError:
+            absent.append((a, b))
+        else:
+            present.append((a, b))
+    return present, absent
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN and inf to None, numpy scalars to Python, recursively (JSON has no NaN)."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, (np.integer, np.bool_)):
+        return value.item()
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    return value
+
+
+def run_qc(
+    table: pd.DataFrame,
+    grid: TileGrid,
+    pixel_size_um: float,
+    settings: QCConfig = QCConfig(),
+    compensated: bool = False,
+) -> dict[str, Any]:
+    """Quality control of one run from its cell table and its tile grid.
+
+    Parameters
+    ----------
+    table : DataFrame
+        The run's cell table (channel means, centroids and boxes in px,
+        ``area_um2``).
+    grid : TileGrid
+        The run's grid: per-tile rates use its cores, seams its per-axis
+        core size and its halo.
+    pixel_size_um : float
+        Slide pixel size (um/px), for sizes and densities.
+    settings : QCConfig
+        Exclusive marker pairs and the positivity rule.
+    compensated : bool
+        The table holds REDSEA columns (``<channel>_redsea``): the rate is
+        computed on them too, with the thresholds of the uncompensated means.
+
+    Returns
+    -------
+    dict
+        JSON-ready: ``pairs`` / ``skipped_pairs``; ``coexpression`` (rate
+        overall and per pair, thresholds), ``per_tile`` (cells and rate per
+        tile index), ``seams`` (rate of cells within a halo of a seam vs
+        interiors), ``seam_edges`` (:func:`seam_edge_cells`), ``slide``
+        (:class:`SlideQC`), ``grid``; with ``compensated``, ``redsea``
+        (rates before and after). Rates are None where undefined.
+    """
+    pairs, skipped = _present_pairs(table, settings.exclusive_pairs)
+    record: dict[str, Any] = {
+        "pairs": [list(p) for p in pairs],
+        "skipped_pairs": [list(p) for p in skipped],
+        "grid": {"tile_px_yx": list(grid.tile_px), "halo_px": grid.halo_px,
+                 "shape_yx": list(grid.shape_yx)},
+        "seam_edges": seam_edge_cells(table, grid.tile_px, grid.shape_yx),
+        "slide": slide_qc(table, pixel_size_um, settings.density_bin_um, grid.shape_yx).to_dict(),
+    }
+    if pairs and len(table):
+        result = coexpression(table, pairs, method=settings.threshold, percentile=settings.percentile)
+        flags = result.impossible
+        rates, counts = binned_rates(table, flags, grid.tile_px, grid.shape_yx)
+        seams = seam_check(table, flags, grid.tile_px, grid.halo_px, grid.shape_yx)
+        record["coexpression"] = {**result.to_dict(), "threshold": settings.threshold}
+        record["per_tile"] = [
+            {"tile": t.index, "n_cells": int(counts[t.grid_yx]), "rate": float(rates[t.grid_yx])}
+            for t in grid.tiles
+        ]
+        record["seams"] = {**asdict(seams), "halo_px": grid.halo_px}
+        if compensated:
+            after = coexpression(table, pairs, thresholds=result.thresholds, suffix="_redsea")
+            record["redsea"] = {
+                "rate_before": result.rate,
+                "rate_after": after.rate,
+                "pair_rates_before": result.pair_rates,
+                "pair_rates_after": {k.replace("_redsea", ""): v for k, v in after.pair_rates.items()},
+            }
+    return _json_safe(record)
+
+
+def headline(qc: dict[str, Any]) -> list[str]:
+    """The run's QC in a few lines (for ``tiled-seg info``), from :func:`run_qc`'s record.
+
+    >>> headline({"coexpression": {"rate": 0.01, "pairs": [["CD3", "CD20"]]},
+    ...           "seams": {"near_rate": 0.02, "interior_rate": 0.01}})
+    ['impossible co-expression: 0.0100 (1 pairs); near seams 0.0200, interiors 0.0100']
+    """
+
+    def rate(value: Any) -> str:
+        return "n/a" if value is None else f"{value:.4f}"
+
+    lines = []
+    coexpression, seams = qc.get("coexpression"), qc.get("seams")
+    if coexpression:
+        line = f"impossible co-expression: {rate(coexpression['rate'])} ({len(coexpression['pairs'])} pairs)"
+        if seams:
+            line += f"; near seams {rate(seams['near_rate'])}, interiors {rate(seams['interior_rate'])}"
+        lines.append(line)
+    if "redsea" in qc:
+        lines.append(f"after REDSEA: {rate(qc['redsea']['rate_after'])} (same thresholds)")
+    edges = qc.get("seam_edges")
+    if edges and edges.get("n_seams"):
+        lines.append(f"cell box edges on seams: {edges['edges_on_seams']} "
+                     f"(expected by chance {edges['expected']:.1f})")
+    slide = qc.get("slide")
+    if slide and slide.get("n_cells"):
+        lines.append(
+            f"cell area median {slide['area_um2_median']:.1f} um^2, "
+            f"density median {slide['density_per_mm2_median']:.0f} cells/mm^2"
+        )
+    return lines

@@ -34,6 +34,16 @@ def format_result(result: RunResult) -> str:
     return "\n".join(lines)
 
 
+def _write_report(result: RunResult, config, out: str | None) -> str:
+    """The run's HTML QC page, with the thresholds its ``qc`` section used."""
+    from tiled_seg.report import write_report
+
+    thresholds = result.qc.get("coexpression", {}).get("thresholds")
+    page = write_report(result.store, out, table=config.outputs.table, labels=config.outputs.cells,
+                        pairs=config.qc.exclusive_pairs, thresholds=thresholds, overwrite=True)
+    return str(page.html)
+
+
 @main.command("run")
 @click.argument("slides", nargs=-1, required=True)
 @click.option("--config", "config_path", type=click.Path(), help="Run configuration (YAML).")
@@ -52,9 +62,12 @@ def format_result(result: RunResult) -> str:
 @click.option("--resume", is_flag=True,
               help="Continue an interrupted run of the same slide and configuration.")
 @click.option("--summary", type=click.Path(), help="Write a JSON run summary here.")
+@click.option("--report", "report", is_flag=False, flag_value="", default=None, metavar="[PATH]",
+              help="Write the HTML QC report at the end [default PATH: STORE.report/index.html; "
+              "with several slides, each store's default].")
 @catch_errors
 def run_command(slides, config_path, output, tile_size, halo, backend, pixel_size_um,
-                workers, cluster, scheduler, overwrite, resume, summary) -> None:
+                workers, cluster, scheduler, overwrite, resume, summary, report) -> None:
     """Segment SLIDES (OME-Zarr images: paths, URLs or quoted globs) into labels/cells and labels/nuclei.
 
     Several slides run in one cluster session; a failed slide is reported and
@@ -80,6 +93,11 @@ def run_command(slides, config_path, output, tile_size, halo, backend, pixel_siz
             else:
                 batch = run_batch(paths, config, output_dir=output, client=client,
                                   overwrite=overwrite, progress=progress, resume=resume)
+    if report is not None:
+        done = [result] if single else [o.result for o in batch.outcomes if o.result]
+        for finished in done:
+            page = _write_report(finished, config, report if single and report else None)
+            click.echo(f"report: {page}")
     if single:
         click.echo(format_result(result))
         record = result.to_summary()

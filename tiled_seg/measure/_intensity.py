@@ -117,7 +117,7 @@ def block_partials(
     pixels = foreground[order]
     rows, cols = pixels // width, pixels % width
     exact = np.issubdtype(image.dtype, np.integer) or image.dtype == np.bool_
-    values = image.reshape(n_channels, -1)[:, pixels]
+    values = image.reshape(n_channels, height * width)[:, pixels]
     run_sums = np.add.reduceat(values, starts, axis=1, dtype=np.int64 if exact else np.float64)
     run_sums = run_sums.T.astype(np.float64)
     run_count = np.diff(np.r_[starts, pixels.size])

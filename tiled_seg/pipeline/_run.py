@@ -26,12 +26,15 @@ from tiled_seg.errors import PixelSizeError, TileLayoutError
 from tiled_seg.expand import expand_store
 from tiled_seg.io._fs import remove_tree
 from tiled_seg.io.ngff import Slide, open_slide, write_labels
+from tiled_seg.io.tables import read_parquet
 from tiled_seg.measure import measure_store
 from tiled_seg.normalize import SlideStats, choose_stats_level, compute_slide_stats
 from tiled_seg.pipeline._output import mark_complete, prepare_scratch, set_status, start_output
 from tiled_seg.pipeline._scheduler import computing_on
 from tiled_seg.pipeline._stitching import stitch_tiles, stitched_array
 from tiled_seg.pipeline._tiles import Progress, TileJob, damaged_chunk, segment_tiles
+from tiled_seg.qc import run_qc
+from tiled_seg.redsea import compensate_store
 from tiled_seg.segmenters import SlideContext, get_segmenter_class
 from tiled_seg.stitch import StitchPlan
 from tiled_seg.tiling import TileGrid, plan_tiles
@@ -56,6 +59,8 @@ class RunResult:
     nonfinite_tiles: dict[int, int] = field(default_factory=dict)
     #: Tiles taken from an interrupted run's manifest instead of segmented.
     resumed_tiles: int = 0
+    #: Quality control of the measured cells (:func:`tiled_seg.qc.run_qc`).
+    qc: dict[str, Any] = field(default_factory=dict)
 
     def to_summary(self) -> dict[str, Any]:
         """JSON-ready run summary."""
@@ -74,6 +79,7 @@ class RunResult:
             "nonfinite_px": self.nonfinite_px,
             "nonfinite_tiles": {str(k): v for k, v in self.nonfinite_tiles.items()},
             "resumed_tiles": self.resumed_tiles,
+            "qc": self.qc,
         }
 
 
@@ -278,6 +284,15 @@ def _measure(
     return dict(measured.paths)
 
 
+def _redsea(store: str, inputs: _Inputs, config: RunConfig) -> None:
+    """REDSEA-compensated means into the cell tables (boundary band in um)."""
+    compensate_store(
+        store, table=config.outputs.table, labels=inputs.out_names["cells"],
+        element_size=max(1, round(config.redsea_boundary_um / inputs.pixel_size_um)),
+        image_store=inputs.slide.path,
+    )
+
+
 def _finish(store: str, scratch: str, result: RunResult) -> None:
     """Mark the run complete, then drop its scratch.
 
@@ -363,9 +378,17 @@ def run(
             with _timed(timings, "expand"):
                 labels["cells"] = _expand(store, inputs, config.expand_nuclei_um, progress)
         tables: dict[str, str] = {}
+        qc: dict[str, Any] = {}
         if config.measure and "cells" in labels:
             with _timed(timings, "measure"):
                 tables = _measure(store, inputs, config, labels, progress)
+            if config.redsea:
+                with _timed(timings, "redsea"):
+                    _redsea(store, inputs, config)
+            if config.qc.enabled:
+                with _timed(timings, "qc"):
+                    qc = run_qc(read_parquet(tables["parquet"]), plan.grid, inputs.pixel_size_um,
+                                config.qc, compensated=config.redsea)
         result = RunResult(
             store=str(store),
             labels=labels,
@@ -381,6 +404,7 @@ def run(
             nonfinite_px=sum(r.nonfinite_px for r in results),
             nonfinite_tiles={r.index: r.nonfinite_px for r in results if r.nonfinite_px},
             resumed_tiles=len(done),
+            qc=qc,
         )
         _finish(store, scratch, result)
     return result

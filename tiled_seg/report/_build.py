@@ -20,6 +20,7 @@ from tiled_seg.coexpression import (
     coexpression,
     resolve_marker,
     seam_check,
+    seam_lines,
 )
 from tiled_seg.errors import ChannelError, InputNotFoundError, OutputExistsError
 from tiled_seg.io.ngff import Slide, open_slide, read_labels
@@ -99,12 +100,20 @@ def _overview(
     return rgb, out, factor * stride
 
 
+def _tile_yx(summary: dict[str, Any]) -> tuple[int, int] | None:
+    """The run's core size per axis: the QC record's, else the square ``tile_px`` of older runs."""
+    recorded = summary.get("qc", {}).get("grid", {}).get("tile_px_yx")
+    if recorded:
+        return int(recorded[0]), int(recorded[1])
+    tile_px = summary.get("tile_px")
+    return (int(tile_px), int(tile_px)) if tile_px else None
+
+
 def _seam_points(
-    shape: tuple[int, int], tile_px: int, n: int, centroids: np.ndarray, half: int
+    shape: tuple[int, int], tile_yx: tuple[int, int], n: int, centroids: np.ndarray, half: int
 ) -> list[tuple[int, int]]:
     """The ``n`` seam points (tile corners, else seam midpoints) with most cells around them."""
-    ys = list(range(tile_px, shape[0], tile_px))
-    xs = list(range(tile_px, shape[1], tile_px))
+    ys, xs = (lines.tolist() for lines in seam_lines(tile_yx, shape))
     if ys and xs:
         points = [(y, x) for y in ys for x in xs]  # tile corners: four tiles meet
     else:
@@ -119,7 +128,7 @@ def _seam_points(
 
 def _seam_crops(
     slide: Slide, store: str, labels: str, channels: tuple[int, int | None],
-    tile_px: int, halo_px: int, n: int, centroids: np.ndarray,
+    tile_yx: tuple[int, int], halo_px: int, n: int, centroids: np.ndarray,
 ) -> list[tuple[np.ndarray, np.ndarray, tuple[int, int], tuple[float, float]]]:
     height, width = slide.shape_yx
     half = max(halo_px, 48)
@@ -127,13 +136,13 @@ def _seam_crops(
     nuc, mem = channels
     picked = [nuc] + ([mem] if mem is not None else [])
     crops = []
-    for y, x in _seam_points((height, width), tile_px, n, centroids, half):
+    for y, x in _seam_points((height, width), tile_yx, n, centroids, half):
         y0, x0 = max(0, y - half), max(0, x - half)
         y1, x1 = min(height, y + half), min(width, x + half)
         planes = np.asarray(slide.data[picked, y0:y1, x0:x1].compute(), np.float64)
         rgb = figs.composite(planes[0], planes[1] if mem is not None else None)
-        seam_y = float(y - y0) if y % tile_px == 0 and 0 < y < height else math.nan
-        seam_x = float(x - x0) if x % tile_px == 0 and 0 < x < width else math.nan
+        seam_y = float(y - y0) if y % tile_yx[0] == 0 and 0 < y < height else math.nan
+        seam_x = float(x - x0) if x % tile_yx[1] == 0 and 0 < x < width else math.nan
         crops.append((rgb, np.asarray(full[y0:y1, x0:x1].compute()), (y0, x0), (seam_y, seam_x)))
     return crops
 
@@ -241,23 +250,23 @@ def write_report(
         raise InputNotFoundError(f"{store} has no labels/{labels}; run `tiled-seg run` first.")
     folder = target.parent
     folder.mkdir(parents=True, exist_ok=True)
-    tile_px, halo_px = summary.get("tile_px"), summary.get("halo_px")
+    tile_yx, halo_px = _tile_yx(summary), summary.get("halo_px")
     channels = _inputs(slide, config)
     fig_paths: dict[str, Path] = {}
     captions: dict[str, str] = {}
 
     rgb, lab, factor = _overview(slide, store, labels, channels, max_side_px)
     fig_paths["overview"] = figs.overview_figure(
-        folder / "overview.png", rgb, lab, factor, tile_px,
+        folder / "overview.png", rgb, lab, factor, tile_yx,
         f"{Path(store).name}: {len(cells)} cells (1/{factor:g} scale)",
     )
     captions["overview"] = (
         f"Slide overview at 1/{factor:g} resolution: nuclear channel blue, membrane green, "
         "cell outlines red, tile cores dashed yellow."
     )
-    if tile_px and halo_px:
+    if tile_yx and halo_px:
         centroids = cells[["centroid_y_px", "centroid_x_px"]].to_numpy(np.float64)
-        crops = _seam_crops(slide, store, labels, channels, int(tile_px), int(halo_px), n_seam_crops,
+        crops = _seam_crops(slide, store, labels, channels, tile_yx, int(halo_px), n_seam_crops,
                             centroids)
         fig_paths["seams"] = figs.seam_figure(folder / "seams.png", crops)
         captions["seams"] = (
@@ -302,15 +311,15 @@ def write_report(
             after = coexpression(cells, usable, result.thresholds | {
                 f"{m}{REDSEA_SUFFIX}": t for m, t in result.thresholds.items()}, suffix=REDSEA_SUFFIX)
             coex_rows.append(("after REDSEA compensation (same thresholds)", after.rate))
-        grid_px = int(tile_px) if tile_px else max(1, max(slide.shape_yx) // 8)
-        rates, counts = binned_rates(cells, result.impossible, grid_px, slide.shape_yx)
-        fig_paths["tiles"] = figs.tile_figure(folder / "tiles.png", counts, rates, grid_px)
+        grid_yx = tile_yx or (max(1, max(slide.shape_yx) // 8),) * 2
+        rates, counts = binned_rates(cells, result.impossible, grid_yx, slide.shape_yx)
+        fig_paths["tiles"] = figs.tile_figure(folder / "tiles.png", counts, rates, grid_yx)
         captions["tiles"] = (
             "Cells per tile core and impossible co-expression rate per tile "
-            + ("(the run's tile grid)." if tile_px else f"({grid_px} px bins; no run grid recorded).")
+            + ("(the run's tile grid)." if tile_yx else f"({grid_yx[0]} px bins; no run grid recorded).")
         )
-        if tile_px and halo_px:
-            seams = seam_check(cells, result.impossible, int(tile_px), int(halo_px), slide.shape_yx)
+        if tile_yx and halo_px:
+            seams = seam_check(cells, result.impossible, tile_yx, int(halo_px), slide.shape_yx)
             coex_rows += [
                 (f"near seams (centroid within {halo_px} px), {seams.n_near} cells", seams.near_rate),
                 (f"tile interiors, {seams.n_interior} cells", seams.interior_rate),

@@ -58,15 +58,16 @@ def overlay_outlines(rgb: np.ndarray, labels: np.ndarray, colour: Sequence[float
     return out
 
 
-def _grid_lines(ax, tile_px: float, shape: tuple[int, int], **style) -> None:
-    for y in np.arange(tile_px, shape[0], tile_px):
+def _grid_lines(ax, tile_yx: tuple[float, float], shape: tuple[int, int], **style) -> None:
+    for y in np.arange(tile_yx[0], shape[0], tile_yx[0]):
         ax.axhline(y - 0.5, **style)
-    for x in np.arange(tile_px, shape[1], tile_px):
+    for x in np.arange(tile_yx[1], shape[1], tile_yx[1]):
         ax.axvline(x - 0.5, **style)
 
 
 def overview_figure(
-    path: Path, rgb: np.ndarray, labels: np.ndarray, factor: float, tile_px: int | None, title: str
+    path: Path, rgb: np.ndarray, labels: np.ndarray, factor: float,
+    tile_yx: tuple[int, int] | None, title: str,
 ) -> Path:
     """Downsampled slide with label outlines and the tile grid (dashed yellow)."""
     height, width = labels.shape
@@ -74,8 +75,9 @@ def overview_figure(
     fig = Figure(figsize=(max(4.0, width * scale), max(4.0, height * scale) + 0.4))
     ax = fig.subplots()
     ax.imshow(overlay_outlines(rgb, labels), interpolation="nearest")
-    if tile_px:
-        _grid_lines(ax, tile_px / factor, labels.shape, color="yellow", lw=1.0, ls="--")
+    if tile_yx:
+        _grid_lines(ax, (tile_yx[0] / factor, tile_yx[1] / factor), labels.shape,
+                    color="yellow", lw=1.0, ls="--")
     ax.set_title(title)
     ax.set_axis_off()
     return _save(fig, path)
@@ -160,12 +162,12 @@ def _box(x: float, y: float):
     return Rectangle((x - 0.5, y - 0.5), 1, 1, fill=False, edgecolor="red", lw=2)
 
 
-def tile_figure(path: Path, counts: np.ndarray, rates: np.ndarray, tile_px: int) -> Path:
+def tile_figure(path: Path, counts: np.ndarray, rates: np.ndarray, tile_yx: tuple[int, int]) -> Path:
     """Heat maps of cells per tile core and of the impossible co-expression rate per tile."""
     fig = Figure(figsize=(11, 4.6))
     left, right = fig.subplots(1, 2)
     panels = (
-        (left, counts.astype(np.float64), f"cells per tile ({tile_px} px cores)", "viridis", "{:.0f}", True),
+        (left, counts.astype(np.float64), f"cells per tile ({tile_yx[0]} x {tile_yx[1]} px cores)", "viridis", "{:.0f}", True),
         (right, rates, "impossible co-expression rate per tile", "magma_r", "{:.3f}", False),
     )
     for ax, values, title, cmap, fmt, light_high in panels:

@@ -6,13 +6,13 @@ into label images the same way wherever they can, so the helpers live here:
 * :func:`predict_in_windows` runs a network over a tile in fixed-size
   overlapping windows and keeps, for every pixel, the prediction of the window
   whose centre is nearest (crop-margin tiling: no blending, deterministic);
-* :func:`rescale_image` / :func:`resize_labels` move between the slide's pixel
+* :func:`rescale_image` / :func:`resize_image` move between the slide's pixel
   size and a model's;
 * :func:`probability_instances` turns a foreground probability into instances
   with the watershed backend's own nuclear kernel
   (:func:`tiled_seg.segmenters.watershed.segment_nuclei`), so there is one
   distance-transform marker watershed in the package, not two;
-* :func:`fill_label_holes`, :func:`remove_small_labels`, :func:`relabel_consecutive`
+* :func:`remove_small_labels`, :func:`relabel_consecutive`
   and :func:`link_nuclei` (nucleus-to-cell linkage by maximum overlap).
 
 All functions are plain numpy kernels; none imports dask or a model library.
@@ -33,9 +33,7 @@ __all__ = [
     "predict_in_windows",
     "rescale_image",
     "resize_image",
-    "resize_labels",
     "probability_instances",
-    "fill_label_holes",
     "remove_small_labels",
     "relabel_consecutive",
     "link_nuclei",
@@ -155,15 +153,6 @@ def resize_image(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     ).astype(np.float32)
 
 
-def resize_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Resize a label image to ``shape`` by nearest neighbour (no new ids)."""
-    if labels.shape == tuple(shape):
-        return labels
-    rows = np.minimum((np.arange(shape[0]) + 0.5) * labels.shape[0] / shape[0], labels.shape[0] - 1)
-    cols = np.minimum((np.arange(shape[1]) + 0.5) * labels.shape[1] / shape[1], labels.shape[1] - 1)
-    return labels[rows.astype(np.intp)[:, None], cols.astype(np.intp)[None, :]]
-
-
 def probability_instances(
     probability: np.ndarray,
     context: SlideContext,
@@ -213,29 +202,6 @@ def probability_instances(
     )
     labels = segment_nuclei(probability.astype(np.float32, copy=False), options, context)
     return relabel_consecutive(labels)
-
-
-def fill_label_holes(labels: np.ndarray, max_hole_px: float) -> np.ndarray:
-    """Fill holes smaller than ``max_hole_px`` that lie entirely inside one label.
-
-    A hole is a background component that touches no other label and not the
-    array edge (what lies beyond the edge is unknown).
-    """
-    holes, n = ndi.label(labels == 0)
-    if n == 0:
-        return labels
-    sizes = np.bincount(holes.ravel(), minlength=n + 1)
-    # The labelled pixels next to each hole: filled only when they carry one id.
-    ring = np.where(labels > 0, ndi.grey_dilation(holes, size=(3, 3)), 0)
-    index = np.arange(1, n + 1)
-    low = np.asarray(ndi.minimum(labels, ring, index))
-    high = np.asarray(ndi.maximum(labels, ring, index))
-    fill = np.zeros(n + 1, bool)
-    fill[1:] = (sizes[1:] < max_hole_px) & (low == high) & (high > 0)
-    fill[np.unique(np.concatenate([holes[0], holes[-1], holes[:, 0], holes[:, -1]]))] = False
-    owner = np.zeros(n + 1, labels.dtype)
-    owner[1:] = high
-    return np.where(fill[holes], owner[holes], labels)
 
 
 def remove_small_labels(labels: np.ndarray, min_area_px: float) -> np.ndarray:

@@ -7,16 +7,15 @@ Two routes, chosen by the option ``use_deepcell_package`` ("auto", true, false):
   ``tf_keras.models.load_model`` from a local folder: option ``model_path``,
   else ``$TILED_SEG_MESMER_MODEL``, else DeepCell's cache
   ``~/.deepcell/models/MultiplexSegmentation`` (a ``MultiplexSegmentation-9.tar.gz``
-  lying there is extracted first). Pre- and post-processing follow the paper's
-  Methods (:mod:`tiled_seg.segmenters._mesmer_processing`): the tile
-  (nuclear, membrane) is rescaled from the slide's pixel size
+  lying there is extracted first). Pre- and post-processing are DeepCell's
+  own (:mod:`tiled_seg.segmenters._mesmer_processing`, equal pixel for pixel
+  to ``deepcell.applications.Mesmer`` on ``deepcell-toolbox`` 0.12.1): the
+  tile (nuclear, membrane) is resized from the slide's pixel size
   (``context.pixel_size_um``, Mesmer's ``image_mpp``) to the model's
-  0.5 um/px, normalised, run in the model's 256 x 256 windows overlapping by
-  ``2 * margin_px`` (each pixel from the nearest window centre), turned into
-  instances by an inner-distance-seeded marker watershed inside the
-  thresholded interior (peaks >= ``maxima_threshold``, interior >
-  ``interior_threshold``, objects under ``min_object_px`` removed, holes filled)
-  and resized back to the tile's shape by nearest neighbour.
+  0.5 um/px, clipped and CLAHE-equalised, run in the model's 256 x 256
+  windows at a stride of 3/4 blended with spline weights, turned into
+  instances by DeepCell's deep watershed per compartment (defaults of
+  ``Mesmer.predict``) and resized back to the tile's shape.
 * **DeepCell route** (Python 3.10 with ``deepcell`` installed):
   ``deepcell.applications.Mesmer(model).predict(...)`` with the same model and
   thresholds. Without a local model DeepCell downloads one itself, which needs
@@ -27,14 +26,13 @@ an access token from users.deepcell.org; unpack it and point ``model_path``
 (or ``$TILED_SEG_MESMER_MODEL``) at the ``MultiplexSegmentation`` folder.
 
 Normalisation and seams: Mesmer clips each image at its own 99.9th
-percentile and equalises it with CLAHE; both are per-input operations. The
-tile input here is already clipped with slide-wide percentiles, so by default
-(``percentile=None``) the per-tile clip is skipped; set ``percentile=99.9`` to
-follow the paper to the letter. CLAHE (``clahe=True``) has no slide-wide
-equivalent and stays on by default because the network was trained on
-equalised images: its per-tile contrast can differ slightly across tile
-seams, which the halo and maximum-overlap stitching absorb. The DeepCell
-route always uses DeepCell's own per-image preprocessing.
+percentile (of the non-zero pixels) and equalises it with CLAHE; both are
+per-input operations, and the network was trained on them, so both are on by
+default and a tile equals ``Mesmer.predict`` on that tile. The tile input is
+already clipped with slide-wide percentiles; ``percentile: null`` skips the
+per-tile clip (one of the two per-tile operations, so tiles differ less in
+contrast at seams), at the price of no longer equalling DeepCell. The halo
+and maximum-overlap stitching absorb what per-tile contrast remains.
 """
 
 from __future__ import annotations
@@ -50,13 +48,8 @@ from pydantic import Field
 
 from tiled_seg.errors import BackendError
 from tiled_seg.segmenters import _mesmer_processing as processing
-from tiled_seg.segmenters._instances import (
-    link_nuclei,
-    predict_in_windows,
-    relabel_consecutive,
-    rescale_image,
-    resize_labels,
-)
+from tiled_seg.segmenters._blended_windows import predict_blended
+from tiled_seg.segmenters._instances import link_nuclei, relabel_consecutive
 from tiled_seg.segmenters.base import BackendOptions, Segmentation, Segmenter, SlideContext
 
 __all__ = ["MesmerOptions", "MesmerSegmenter", "find_model", "load_keras_model", "model_loads"]
@@ -80,26 +73,26 @@ class MesmerOptions(BackendOptions):
     compartment: Literal["whole-cell", "nuclear", "both"] = "both"
     #: Pixel size (um/px) the model was trained at.
     model_mpp: float = Field(0.5, gt=0)
-    #: Per-tile percentile clip; None relies on the slide-wide clip of the input.
-    percentile: float | None = Field(None, gt=0, le=100)
+    #: Per-tile percentile clip (DeepCell's); None relies on the slide-wide clip of the input.
+    percentile: float | None = Field(99.9, gt=0, le=100)
     #: CLAHE equalisation as in training (per-input; see the module notes).
     clahe: bool = True
     #: CLAHE kernel size (px at the model's pixel size).
     clahe_kernel_px: int = Field(128, gt=0)
     #: Window side (px) when the model's input size is not fixed.
     window_px: int = Field(256, gt=0)
-    #: Overlap margin (px at the model's pixel size) per window edge.
-    margin_px: int = Field(32, ge=0)
+    #: Window stride as a fraction of the window (DeepCell's 0.75).
+    stride_ratio: float = Field(0.75, gt=0, le=1)
     #: Windows per inference call.
     batch_size: int = Field(4, gt=0)
-    #: Whole-cell peak (h-maxima) threshold of the inner distance.
-    maxima_threshold: float = Field(0.1, ge=0)
+    #: Whole-cell peak (h-maxima) threshold of the inner distance (Mesmer.predict's).
+    maxima_threshold: float = Field(processing.WHOLE_CELL.maxima_threshold, ge=0)
     #: Whole-cell interior probability threshold.
-    interior_threshold: float = Field(0.3, ge=0, lt=1)
+    interior_threshold: float = Field(processing.WHOLE_CELL.interior_threshold, ge=0, lt=1)
     #: Nuclear peak threshold.
-    nuclear_maxima_threshold: float = Field(0.1, ge=0)
+    nuclear_maxima_threshold: float = Field(processing.NUCLEAR.maxima_threshold, ge=0)
     #: Nuclear interior threshold.
-    nuclear_interior_threshold: float = Field(0.3, ge=0, lt=1)
+    nuclear_interior_threshold: float = Field(processing.NUCLEAR.interior_threshold, ge=0, lt=1)
     #: Gaussian sigma (px, model resolution) applied to the interior map.
     interior_smooth_px: float = Field(2.0, ge=0)
     #: Gaussian sigma (px, model resolution) applied to the inner distance.
@@ -248,7 +241,6 @@ class MesmerSegmenter(Segmenter):
         names = [str(n) for n in getattr(model, "output_names", [])] or None
         shape = getattr(model, "input_shape", (None, None, None, 2))
         window = int(shape[1]) if shape[1] else self._options.window_px
-        margin = min(self._options.margin_px, (window - 1) // 2)
 
         def predict(batch: np.ndarray) -> list[np.ndarray]:
             outputs = model(batch, training=False)
@@ -261,8 +253,8 @@ class MesmerSegmenter(Segmenter):
             maps = processing.split_outputs([np.asarray(o) for o in outputs], keys)
             return [m[..., None] for pair in maps.values() for m in pair]
 
-        cell_d, cell_i, nuc_d, nuc_i = predict_in_windows(
-            image, predict, window, margin, self._options.batch_size
+        cell_d, cell_i, nuc_d, nuc_i = predict_blended(
+            image, predict, window, self._options.batch_size, self._options.stride_ratio
         )
         return {"whole-cell": (cell_d[..., 0], cell_i[..., 0]), "nuclear": (nuc_d[..., 0], nuc_i[..., 0])}
 
@@ -270,15 +262,18 @@ class MesmerSegmenter(Segmenter):
         self, maps: dict[str, tuple[np.ndarray, np.ndarray]], shape: tuple[int, int]
     ) -> Segmentation:
         """Instances from the network maps, resized to the tile's ``shape``."""
+        return self._assemble(self.label_stack(maps, shape))
+
+    def label_stack(
+        self, maps: dict[str, tuple[np.ndarray, np.ndarray]], shape: tuple[int, int]
+    ) -> dict[str, np.ndarray]:
+        """DeepCell's labels per compartment, resized to ``shape`` (nuclei not yet linked)."""
         o = self._options
         wanted = ["whole-cell", "nuclear"] if o.compartment == "both" else [o.compartment]
-        labels: dict[str, np.ndarray] = {}
+        found = []
         for compartment in wanted:
-            distance, interior = maps[compartment]
             nuclear = compartment == "nuclear"
-            found = processing.deep_watershed(
-                distance,
-                interior,
+            settings = processing.WatershedSettings(
                 maxima_threshold=o.nuclear_maxima_threshold if nuclear else o.maxima_threshold,
                 interior_threshold=o.nuclear_interior_threshold if nuclear else o.interior_threshold,
                 maxima_smooth_px=o.maxima_smooth_px,
@@ -287,13 +282,15 @@ class MesmerSegmenter(Segmenter):
                 min_object_px=o.min_object_px,
                 max_hole_px=o.max_hole_px,
             )
-            labels[compartment] = relabel_consecutive(resize_labels(found, shape))
-        return self._assemble(labels)
+            found.append(processing.deep_watershed(*maps[compartment], settings))
+        stack = processing.resize_output(np.stack(found, axis=-1), shape)
+        return {c: stack[..., i] for i, c in enumerate(wanted)}
 
     def _assemble(self, labels: dict[str, np.ndarray]) -> Segmentation:
         if "whole-cell" not in labels:
-            return Segmentation(cells=labels["nuclear"], nuclei=labels["nuclear"])
-        cells = labels["whole-cell"]
+            nuclei = relabel_consecutive(labels["nuclear"])
+            return Segmentation(cells=nuclei, nuclei=nuclei)
+        cells = relabel_consecutive(labels["whole-cell"])
         if "nuclear" not in labels:
             return Segmentation(cells=cells, nuclei=None)
         return Segmentation(cells=cells, nuclei=link_nuclei(cells, labels["nuclear"]))
@@ -312,7 +309,7 @@ class MesmerSegmenter(Segmenter):
         self.load()
         if self._app is not None:
             return self._segment_deepcell(image, context)
-        resized = rescale_image(image, context.pixel_size_um / o.model_mpp)
+        resized = processing.resize_input(image, context.pixel_size_um, o.model_mpp)
         prepared = processing.preprocess(resized, o.percentile, o.clahe, o.clahe_kernel_px)
         return self.postprocess(self.predict_maps(prepared), nuclear.shape)
 
