@@ -185,7 +185,11 @@ def spatialdata_table(
         obs columns of the region and of the label ids.
     """
     element = region.rsplit("/", 1)[-1]
-    table = adata.copy()
+    # A shallow copy: new obs and uns, the (large) matrices shared with ``adata``.
+    table = ad.AnnData(
+        X=adata.X, obs=adata.obs.copy(), var=adata.var, uns=dict(adata.uns),
+        obsm=dict(adata.obsm), obsp=dict(adata.obsp), layers=dict(adata.layers),
+    )
     table.obs[region_key] = pd.Categorical([element] * table.n_obs, categories=[element])
     table.obs[instance_key] = table.obs[instance_key].astype("int64")
     table.uns["spatialdata_attrs"] = {
