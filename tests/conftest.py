@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from distributed import Client, LocalCluster
 
@@ -34,3 +35,27 @@ def client():
                       dashboard_address=None) as cluster, \
             Client(cluster, set_as_default=False) as shared:
         yield shared
+
+
+@pytest.fixture(scope="session")
+def map_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SavedModel with Mesmer's input and fixed-weight heads whose maps hold cells.
+
+    Inner distances are a smoothed nuclear channel, the interior class
+    follows nuclear plus membrane signal, so the deep watershed finds cells.
+    """
+    tf_keras = pytest.importorskip("tf_keras")
+    inputs = tf_keras.Input((None, None, 2))
+    smooth = tf_keras.layers.AveragePooling2D(5, strides=1, padding="same")(inputs)
+    heads = []
+    for index, (distance, logits) in enumerate([((1.0, 0.0), (0.0, 6.0, 4.0)), ((1.2, 0.0), (0.0, 7.0, 0.0))]):
+        d = tf_keras.layers.Conv2D(1, 1, activation="relu", name=f"semantic_{2 * index}")
+        p = tf_keras.layers.Conv2D(3, 1, activation="softmax", name=f"semantic_{2 * index + 1}")
+        heads += [d(smooth), p(smooth)]
+        d.set_weights([np.array(distance, np.float32).reshape(1, 1, 2, 1), np.array([-0.2], np.float32)])
+        w = np.zeros((1, 1, 2, 3), np.float32)
+        w[0, 0, 0, 1], w[0, 0, 1, 1] = logits[1], logits[2]
+        p.set_weights([w, np.array([0.0, -2.5, 0.0], np.float32)])
+    path = tmp_path_factory.mktemp("mesmer_maps") / "MultiplexSegmentation"
+    tf_keras.Model(inputs, heads).save(str(path), save_format="tf")
+    return path

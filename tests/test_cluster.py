@@ -182,3 +182,17 @@ def test_cluster_section_in_run_config():
     assert config.cluster.slurm.queue == "q"
     with pytest.raises(Exception, match="extra|queu"):
         RunConfig.model_validate({"cluster": {"slurm": {"queu": "q"}}})
+
+
+def test_gpu_workers_get_threads_beside_the_predict_thread(monkeypatch):
+    from tiled_seg.cluster import gpu_worker_threads
+
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert gpu_worker_threads(ClusterConfig(kind="local-cuda", workers=4)) == 4
+    assert gpu_worker_threads(ClusterConfig(kind="local-cuda", workers=4, gpu_worker_threads=2)) == 2
+    pytest.importorskip("dask_kubernetes", reason="needs the cluster extra (dask-kubernetes)")
+    gpu = kubernetes_spec(KubernetesConfig(cpu="8", gpus_per_worker=1), name="seg")
+    cpu = kubernetes_spec(KubernetesConfig(cpu="8"), name="seg")
+    args = [s["spec"]["worker"]["spec"]["containers"][0]["args"] for s in (gpu, cpu)]
+    assert args[0][args[0].index("--nthreads") + 1] == "8"
+    assert args[1][args[1].index("--nthreads") + 1] == "1"

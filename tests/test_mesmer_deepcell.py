@@ -9,7 +9,6 @@ A missing toolbox fails these tests with the reason; it never skips them.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -205,30 +204,6 @@ def _deepcell_mesmer(toolbox, model, image: np.ndarray, image_mpp: float, window
     if stack.shape[1:-1] != original_shape[1:-1]:
         stack = utils.resize(stack, original_shape[1:-1], labeled_image=True)
     return stack[0]
-
-
-@pytest.fixture(scope="module")
-def map_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A SavedModel with Mesmer's input and heads whose maps hold cells.
-
-    Inner distances are a smoothed nuclear channel, the interior class
-    follows nuclear plus membrane signal, so the deep watershed finds cells.
-    """
-    tf_keras = pytest.importorskip("tf_keras")
-    inputs = tf_keras.Input((None, None, 2))
-    smooth = tf_keras.layers.AveragePooling2D(5, strides=1, padding="same")(inputs)
-    heads = []
-    for index, (distance, logits) in enumerate([((1.0, 0.0), (0.0, 6.0, 4.0)), ((1.2, 0.0), (0.0, 7.0, 0.0))]):
-        d = tf_keras.layers.Conv2D(1, 1, activation="relu", name=f"semantic_{2 * index}")
-        p = tf_keras.layers.Conv2D(3, 1, activation="softmax", name=f"semantic_{2 * index + 1}")
-        heads += [d(smooth), p(smooth)]
-        d.set_weights([np.array(distance, np.float32).reshape(1, 1, 2, 1), np.array([-0.2], np.float32)])
-        w = np.zeros((1, 1, 2, 3), np.float32)
-        w[0, 0, 0, 1], w[0, 0, 1, 1] = logits[1], logits[2]
-        p.set_weights([w, np.array([0.0, -2.5, 0.0], np.float32)])
-    path = tmp_path_factory.mktemp("mesmer_maps") / "MultiplexSegmentation"
-    tf_keras.Model(inputs, heads).save(str(path), save_format="tf")
-    return path
 
 
 def _tissue(shape=(150, 170), seed=6) -> tuple[np.ndarray, np.ndarray]:

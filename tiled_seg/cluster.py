@@ -30,6 +30,9 @@ __all__ = [
     "kubernetes_spec",
     "gpu_resources",
     "count_gpus",
+    "count_accelerators",
+    "accelerator_cluster",
+    "gpu_worker_threads",
     "dashboard_link",
 ]
 
@@ -93,13 +96,46 @@ def _local_cuda(config: ClusterConfig) -> Any:
         )
     dask_cuda = _optional("dask_cuda", "local-cuda", "cuda")
     kwargs: dict[str, Any] = {
-        "threads_per_worker": config.threads_per_worker,
+        "threads_per_worker": gpu_worker_threads(config),
         "memory_limit": config.memory_limit,
         "resources": {GPU: 1},
     }
     if config.workers:
         kwargs["n_workers"] = config.workers
     return dask_cuda.LocalCUDACluster(**kwargs)
+
+
+def gpu_worker_threads(config: ClusterConfig) -> int:
+    """Threads of each local-cuda worker: the configured number, else this machine's cores per GPU.
+
+    Predict tasks hold the worker's one ``GPU`` resource, so one thread feeds
+    the GPU while the others prepare and postprocess tiles beside it.
+    """
+    if config.gpu_worker_threads:
+        return config.gpu_worker_threads
+    gpus = config.workers or max(count_gpus(), 1)
+    return max((os.cpu_count() or 1) // gpus, 1)
+
+
+def accelerator_cluster(cpu_workers: int, *, cpu_threads: int = 1, processes: bool = True) -> Any:
+    """A local cluster with one simulated accelerator: the layout a GPU machine gets, on CPUs.
+
+    One single-threaded worker advertises the ``GPU`` resource, so it runs
+    the predict tasks and nothing else competes for its thread; ``cpu_workers``
+    workers with ``cpu_threads`` threads each run prepare, postprocess and
+    the other stages. ``processes=False`` keeps every worker in this process.
+    """
+    from distributed import Nanny, Scheduler, SpecCluster, Worker
+
+    kind = Nanny if processes else Worker
+    common = {"memory_limit": "auto"} if processes else {}
+    workers: dict[str, Any] = {
+        "accelerator": {"cls": kind, "options": {"nthreads": 1, "resources": {GPU: 1}, **common}},
+    }
+    for i in range(cpu_workers):
+        workers[f"cpu-{i}"] = {"cls": kind, "options": {"nthreads": cpu_threads, **common}}
+    scheduler = {"cls": Scheduler, "options": {"dashboard": False}}
+    return SpecCluster(workers=workers, scheduler=scheduler)
 
 
 def slurm_cluster(config: SlurmConfig) -> Any:
@@ -143,7 +179,10 @@ def kubernetes_spec(config: KubernetesConfig, name: str = "tiled-seg") -> dict[s
     """
     operator = _optional("dask_kubernetes.operator", "kubernetes", "cluster")
     compute = {"cpu": config.cpu, "memory": config.memory}
-    command = ["dask-worker", "--nthreads", "1"]
+    # A GPU worker gets every core of its pod: one thread feeds the GPU, the
+    # others prepare and postprocess tiles; a CPU worker runs one thread.
+    threads = max(int(_cpu_cores(config.cpu)), 1) if config.gpus_per_worker else 1
+    command = ["dask-worker", "--nthreads", str(threads)]
     worker_limits: dict[str, Any] = dict(compute)
     if config.gpus_per_worker:
         worker_limits["nvidia.com/gpu"] = str(config.gpus_per_worker)
@@ -161,6 +200,12 @@ def kubernetes_spec(config: KubernetesConfig, name: str = "tiled-seg") -> dict[s
         "limits": worker_limits,
     }
     return spec
+
+
+def _cpu_cores(quantity: str) -> float:
+    """Cores of a Kubernetes CPU quantity (``"4"``, ``"500m"``)."""
+    text = str(quantity)
+    return float(text[:-1]) / 1000 if text.endswith("m") else float(text)
 
 
 def _kubernetes(config: KubernetesConfig) -> Any:
@@ -247,6 +292,11 @@ def _worker_resources(client: Client) -> list[dict[str, float]]:
     return [dict(info.get("resources") or {}) for info in workers.values()]
 
 
+def count_accelerators(client: Client) -> int:
+    """Workers of ``client`` that advertise the ``GPU`` resource."""
+    return sum(1 for res in _worker_resources(client) if res.get(GPU, 0) >= 1)
+
+
 def gpu_resources(client: Client, backend_uses_gpu: bool) -> dict[str, float] | None:
     """Task resources for segmentation: ``{"GPU": 1}`` or None.
 
@@ -256,6 +306,6 @@ def gpu_resources(client: Client, backend_uses_gpu: bool) -> dict[str, float] | 
     """
     if not backend_uses_gpu:
         return None
-    if any(res.get(GPU, 0) >= 1 for res in _worker_resources(client)):
+    if count_accelerators(client):
         return {GPU: 1}
     return None

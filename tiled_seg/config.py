@@ -106,6 +106,12 @@ class TilingConfig(_Section):
     #: Stitching accepts a match when the overlap covers this fraction of the
     #: smaller of the two labels inside the shared region.
     min_overlap: float = Field(0.5, gt=0, le=1)
+    #: Skip tiles without tissue (a mask from a coarse pyramid level): no
+    #: segmentation, no labels; the run summary counts them as skipped_tiles.
+    skip_empty: bool = True
+    #: A coarse pixel is tissue where the nuclear or membrane input exceeds
+    #: this fraction of its slide-wide Otsu threshold.
+    tissue_fraction: float = Field(0.25, gt=0, le=1)
 
 
 class OutputConfig(_Section):
@@ -179,7 +185,15 @@ class ClusterConfig(_Section):
     #: Local worker processes; null: one per core (local) or per GPU (local-cuda).
     workers: int | None = Field(None, gt=0)
     threads_per_worker: int = Field(1, gt=0)
+    #: Threads per local-cuda worker: one runs the GPU's predict tasks, the
+    #: others prepare and postprocess tiles; null: this machine's cores per GPU.
+    gpu_worker_threads: int | None = Field(None, gt=0)
     memory_limit: str = "auto"
+    #: Prepared tiles whose model windows one predict task runs together.
+    tiles_per_predict: int = Field(1, gt=0)
+    #: Most tiles in flight (prepared, predicted or postprocessing) per GPU,
+    #: which bounds the memory held for them; null: the cluster's threads + 2.
+    in_flight_tiles: int | None = Field(None, gt=0)
     slurm: SlurmConfig = SlurmConfig()
     kubernetes: KubernetesConfig = KubernetesConfig()
 

@@ -15,7 +15,7 @@ import dask.array as da
 import numpy as np
 from skimage.filters import threshold_otsu
 
-from tiled_seg.blocks import compute_blocks, tree_reduce
+from tiled_seg.blocks import Progress, compute_blocks, tree_reduce
 from tiled_seg.io.regions import RegionReader
 from tiled_seg.tiling import Box, plan_blocks
 
@@ -129,30 +129,35 @@ def _sum(parts: list[np.ndarray]) -> np.ndarray:
 
 
 def _over_blocks(
-    reader: RegionReader, combine: Callable[[list[Any]], Any], kernel: Callable[..., Any], *args: Any
+    reader: RegionReader, combine: Callable[[list[Any]], Any], kernel: Callable[..., Any], *args: Any,
+    stage: str = "statistics", progress: Progress | None = None,
 ) -> Any:
     """``kernel`` on every block of ``reader`` (direct reads), merged with ``combine``."""
     task = dask.delayed(_on_block, pure=True)
     blocks = plan_blocks(reader.shape_yx, reader.chunk_yx)
     leaves = [task(reader, box, kernel, *args) for box in blocks]
-    return compute_blocks(leaves, tree_reduce(leaves, combine), "statistics")
+    return compute_blocks(leaves, tree_reduce(leaves, combine), stage, progress)
 
 
 def _histograms(
     image: RegionReader, low: np.ndarray, width: np.ndarray, n_bins: int,
-    kernel: Callable[..., np.ndarray] | None = None,
+    kernel: Callable[..., np.ndarray] | None = None, stage: str = "statistics",
+    progress: Progress | None = None,
 ) -> np.ndarray:
     if kernel is None:
-        return np.asarray(_over_blocks(image, _sum, _block_histograms, low, width, n_bins))
+        return np.asarray(_over_blocks(
+            image, _sum, _block_histograms, low, width, n_bins, stage=stage, progress=progress
+        ))
 
     def derived_histograms(block: np.ndarray) -> np.ndarray:
         return _block_histograms(kernel(block), low, width, n_bins)
 
-    return np.asarray(_over_blocks(image, _sum, derived_histograms))
+    return np.asarray(_over_blocks(image, _sum, derived_histograms, stage=stage, progress=progress))
 
 
 def channel_percentiles(
-    image: RegionReader | np.ndarray | da.Array, percentiles: Sequence[float]
+    image: RegionReader | np.ndarray | da.Array, percentiles: Sequence[float],
+    progress: Progress | None = None,
 ) -> list[list[float]]:
     """Percentiles of every channel of a ``(C, Y, X)`` image, in two passes of block tasks.
 
@@ -163,7 +168,9 @@ def channel_percentiles(
     channels with one read.
     """
     reader = _as_reader(image)
-    extremes = _over_blocks(reader, _stack_extremes, _block_min_max)
+    extremes = _over_blocks(
+        reader, _stack_extremes, _block_min_max, stage="statistics: range", progress=progress
+    )
     low = extremes[:, 0].copy()
     high = extremes[:, 1].copy()
     empty = ~np.isfinite(low)
@@ -178,7 +185,7 @@ def channel_percentiles(
     else:
         width = np.where(span > 0, span / FLOAT_BINS, 1.0)
         n_bins = FLOAT_BINS + 1
-    counts = _histograms(reader, low, width, n_bins)
+    counts = _histograms(reader, low, width, n_bins, stage="statistics: percentiles", progress=progress)
     return [
         _percentiles_from_histogram(counts[c], float(low[c]), float(width[c]), percentiles)
         for c in range(counts.shape[0])
@@ -247,6 +254,7 @@ def compute_slide_stats(
     low_percentile: float = 1.0,
     high_percentile: float = 99.5,
     level_index: int = 0,
+    progress: Progress | None = None,
 ) -> SlideStats:
     """Slide-wide statistics of the panel channels on one pyramid level.
 
@@ -274,7 +282,7 @@ def compute_slide_stats(
     panel = RegionReader(reader.array, reader.axes, tuple(
         (reader.channels or range(len(names)))[list(names).index(n)] for n in used
     ))
-    bounds = channel_percentiles(panel, (low_percentile, high_percentile))
+    bounds = channel_percentiles(panel, (low_percentile, high_percentile), progress)
     low = {name: bounds[i][0] for i, name in enumerate(used)}
     high = {name: bounds[i][1] for i, name in enumerate(used)}
 
@@ -284,7 +292,10 @@ def compute_slide_stats(
             membrane_image = np.zeros_like(nuclear_image)
         return np.stack([nuclear_image, membrane_image])
 
-    counts = _histograms(panel, np.zeros(2), np.full(2, 1.0 / DERIVED_BINS), DERIVED_BINS, derived)
+    counts = _histograms(
+        panel, np.zeros(2), np.full(2, 1.0 / DERIVED_BINS), DERIVED_BINS, derived,
+        stage="statistics: thresholds", progress=progress,
+    )
     return SlideStats(
         low=low,
         high=high,

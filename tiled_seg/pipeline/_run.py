@@ -28,16 +28,17 @@ from tiled_seg.io._fs import remove_tree
 from tiled_seg.io.ngff import Slide, open_slide, write_labels
 from tiled_seg.io.tables import read_parquet
 from tiled_seg.measure import measure_store
-from tiled_seg.normalize import SlideStats, choose_stats_level, compute_slide_stats
+from tiled_seg.normalize import SlideStats, build_inputs, choose_stats_level, compute_slide_stats
 from tiled_seg.pipeline._output import mark_complete, prepare_scratch, set_status, start_output
 from tiled_seg.pipeline._scheduler import computing_on
-from tiled_seg.pipeline._stitching import stitch_tiles, stitched_array
-from tiled_seg.pipeline._tiles import Progress, TileJob, damaged_chunk, segment_tiles
+from tiled_seg.pipeline._stitching import PairMatcher, stitched_array
+from tiled_seg.pipeline._tiles import Progress, Schedule, TileJob, damaged_chunk, segment_tiles
 from tiled_seg.qc import run_qc
 from tiled_seg.redsea import compensate_store
 from tiled_seg.segmenters import SlideContext, get_segmenter_class
 from tiled_seg.stitch import StitchPlan
 from tiled_seg.tiling import TileGrid, plan_tiles
+from tiled_seg.tissue import empty_tiles, tissue_mask
 
 @dataclass(frozen=True)
 class RunResult:
@@ -61,6 +62,8 @@ class RunResult:
     resumed_tiles: int = 0
     #: Quality control of the measured cells (:func:`tiled_seg.qc.run_qc`).
     qc: dict[str, Any] = field(default_factory=dict)
+    #: Tiles without tissue, not segmented (``tiling.skip_empty``).
+    skipped_tiles: int = 0
 
     def to_summary(self) -> dict[str, Any]:
         """JSON-ready run summary."""
@@ -80,6 +83,7 @@ class RunResult:
             "nonfinite_tiles": {str(k): v for k, v in self.nonfinite_tiles.items()},
             "resumed_tiles": self.resumed_tiles,
             "qc": self.qc,
+            "skipped_tiles": self.skipped_tiles,
         }
 
 
@@ -184,7 +188,9 @@ def _stats_level(slide: Slide, config: RunConfig) -> int:
     return level_index
 
 
-def _slide_stats(inputs: _Inputs, level_index: int, config: RunConfig) -> SlideStats:
+def _slide_stats(
+    inputs: _Inputs, level_index: int, config: RunConfig, progress: Progress | None
+) -> SlideStats:
     """Slide-wide statistics; a damaged chunk is named in a :class:`CorruptChunkError`."""
     slide = inputs.slide
     level = slide.levels[level_index]
@@ -197,6 +203,7 @@ def _slide_stats(inputs: _Inputs, level_index: int, config: RunConfig) -> SlideS
             low_percentile=config.normalization.low_percentile,
             high_percentile=config.normalization.high_percentile,
             level_index=level_index,
+            progress=progress,
         )
     except Exception as error:  # codecs and stores raise many types; diagnose, else re-raise
         panel = level[[slide.channel_index(name) for name in inputs.channels]]
@@ -227,6 +234,32 @@ def _tile_job(inputs: _Inputs, config: RunConfig, stats: SlideStats, scratch: st
         scratch=scratch,
         primary=inputs.primary,
     )
+
+
+def _schedule(config: RunConfig) -> Schedule:
+    """How predict tasks are fed, from the cluster section."""
+    return Schedule(config.cluster.tiles_per_predict, config.cluster.in_flight_tiles)
+
+
+def _empty_tiles(inputs: _Inputs, plan: _Plan, stats: SlideStats, config: RunConfig) -> list[int]:
+    """Tiles without tissue on the statistics' pyramid level (none unless ``tiling.skip_empty``)."""
+    if not config.tiling.skip_empty:
+        return []
+    slide = inputs.slide
+    level = slide.levels[plan.stats_level]
+    index = [slide.channel_index(name) for name in inputs.channels]
+    block = np.asarray(level[index].compute())
+    nuclear, membrane = build_inputs(
+        block, inputs.channels, config.panel.nuclear, inputs.membrane, stats.low, stats.high
+    )
+    scale = level.shape[-1] / slide.shape_yx[1]
+    fraction = config.tiling.tissue_fraction
+    mask = tissue_mask(
+        np.nan_to_num(nuclear), None if membrane is None else np.nan_to_num(membrane),
+        fraction * stats.nuclear_threshold, fraction * stats.membrane_threshold,
+        dilate_px=math.ceil(plan.halo_px * scale) + 1,
+    )
+    return empty_tiles(plan.grid, mask)
 
 
 def _write_labels(
@@ -364,14 +397,17 @@ def run(
                                  inputs.written_names, config, overwrite=overwrite,
                                  resume=resume, input_key=plan.input_key)
         with _timed(timings, "stats"):
-            stats = _slide_stats(inputs, plan.stats_level, config)
+            stats = _slide_stats(inputs, plan.stats_level, config, progress)
             set_status(store, {"stats": stats.to_dict()})
         scratch, done = prepare_scratch(store, plan.input_key, stats, plan.grid, plan.halo_px, resume)
         job = _tile_job(inputs, config, stats, scratch)
+        skipped = _empty_tiles(inputs, plan, stats, config)
+        matcher = PairMatcher(client, scratch, plan.grid, config.tiling.min_overlap, skipped)
         with _timed(timings, "segment"):
-            results = segment_tiles(client, job, plan.grid, progress, done)
+            results = segment_tiles(client, job, plan.grid, progress, done, skip=skipped,
+                                    on_tile=matcher.add, schedule=_schedule(config))
         with _timed(timings, "stitch"):
-            stitch = stitch_tiles(client, scratch, plan.grid, results, config.tiling.min_overlap)
+            stitch = matcher.plan(results)
         with _timed(timings, "write"):
             labels, n_nuclei = _write_labels(store, scratch, inputs, plan.grid, stitch, results, progress)
         if config.expand_nuclei_um is not None:
@@ -405,6 +441,7 @@ def run(
             nonfinite_tiles={r.index: r.nonfinite_px for r in results if r.nonfinite_px},
             resumed_tiles=len(done),
             qc=qc,
+            skipped_tiles=len(skipped),
         )
         _finish(store, scratch, result)
     return result

@@ -13,7 +13,7 @@ from typing import Sequence
 import dask
 import dask.array as da
 import numpy as np
-from distributed import Client
+from distributed import Client, Future
 
 from tiled_seg._manifest import TileResult
 from tiled_seg.pipeline._tiles import scratch_array
@@ -36,10 +36,12 @@ def _match_pair(scratch: str, tile_a: Tile, tile_b: Tile, min_overlap: float) ->
     )
 
 
-def stitch_tiles(
-    client: Client, scratch: str, grid: TileGrid, results: Sequence[TileResult], min_overlap: float
-) -> StitchPlan:
-    """Match every neighbouring tile pair on the workers and join the matches into one plan.
+class PairMatcher:
+    """Match each neighbouring tile pair on the workers as soon as both its tiles are done.
+
+    Feed it every finished tile with :meth:`add` (for example as the
+    ``on_tile`` callback of :func:`tiled_seg.pipeline._tiles.segment_tiles`);
+    :meth:`plan` then waits only for the matches still running.
 
     Parameters
     ----------
@@ -49,19 +51,42 @@ def stitch_tiles(
         Scratch store holding every tile's ``objects`` labels.
     grid : TileGrid
         The run's tiles.
-    results : sequence of TileResult
-        One per tile, in tile index order.
     min_overlap : float
         Overlap a mutual best pair must exceed to be joined, in ``[0, 1)``
         (see :func:`tiled_seg.stitch.match_tiles`).
+    skipped : sequence of int
+        Tiles without tissue and without labels: their pairs match nothing.
     """
-    pairs = grid.neighbour_pairs()
-    futures = [
-        client.submit(_match_pair, scratch, grid.tiles[a], grid.tiles[b], min_overlap, pure=False)
-        for a, b in pairs
-    ]
-    matches = dict(zip(pairs, client.gather(futures)))
-    return build_lookup_tables(grid, [r.core_ids for r in results], matches)
+
+    def __init__(
+        self, client: Client, scratch: str, grid: TileGrid, min_overlap: float,
+        skipped: Sequence[int] = (),
+    ) -> None:
+        self._client, self._scratch, self._grid = client, scratch, grid
+        self._min_overlap = min_overlap
+        self._skipped = set(skipped)
+        self._pairs: dict[int, list[tuple[int, int]]] = {tile.index: [] for tile in grid.tiles}
+        for a, b in grid.neighbour_pairs():
+            self._pairs[a].append((a, b))
+            self._pairs[b].append((a, b))
+        self._done: set[int] = set()
+        self._futures: dict[tuple[int, int], Future] = {}
+
+    def add(self, result: TileResult) -> None:
+        """Note a finished tile; start the matches of its pairs whose other tile is done."""
+        self._done.add(result.index)
+        for a, b in self._pairs[result.index]:
+            if a in self._done and b in self._done and not self._skipped & {a, b}:
+                tiles = self._grid.tiles
+                self._futures[(a, b)] = self._client.submit(
+                    _match_pair, self._scratch, tiles[a], tiles[b], self._min_overlap, pure=False
+                )
+
+    def plan(self, results: Sequence[TileResult]) -> StitchPlan:
+        """Wait for the matches and join them into one plan; ``results`` one per tile, by index."""
+        pairs = sorted(self._futures)
+        matches = dict(zip(pairs, self._client.gather([self._futures[p] for p in pairs])))
+        return build_lookup_tables(self._grid, [r.core_ids for r in results], matches)
 
 
 def _core_block(scratch: str, name: str, tile: Tile, lut: np.ndarray) -> np.ndarray:

@@ -21,7 +21,10 @@ from typing import Callable, Sequence
 import numpy as np
 from scipy.signal import windows
 
-__all__ = ["WindowPlan", "plan_windows", "spline_weights", "predict_blended"]
+__all__ = [
+    "BlendLayout", "WindowPlan", "blend_windows", "cut_blended", "plan_windows", "predict_blended",
+    "spline_weights",
+]
 
 #: A network on a batch of windows: ``(N, W, W, C)`` in, one or more ``(N, W, W, K)`` out.
 Predictor = Callable[[np.ndarray], Sequence[np.ndarray]]
@@ -117,6 +120,123 @@ def _reflect_to(image: np.ndarray, window_px: int) -> tuple[np.ndarray, list[tup
     return np.pad(image, pads + [(0, 0)], "reflect"), pads
 
 
+@dataclass(frozen=True)
+class BlendLayout:
+    """Where :func:`cut_blended` took its windows, for :func:`blend_windows`.
+
+    Attributes
+    ----------
+    shape_yx : (int, int)
+        The image's shape (px).
+    reflect : ((int, int), (int, int))
+        Reflect padding (px) of axes shorter than the window.
+    plan_y, plan_x : WindowPlan
+        The windows along each axis of the reflect-padded image.
+    window_px : int
+        Window side (px).
+    blend : bool
+        Whether overlaps are blended (else later windows are pasted over earlier).
+    dtype : numpy dtype
+        The input's dtype, in which DeepCell stores each window's output.
+    """
+
+    shape_yx: tuple[int, int]
+    reflect: tuple[tuple[int, int], tuple[int, int]]
+    plan_y: WindowPlan
+    plan_x: WindowPlan
+    window_px: int
+    blend: bool
+    dtype: np.dtype
+
+    @property
+    def boxes(self) -> list[tuple[int, int, tuple[int, int], tuple[int, int]]]:
+        """``(y, x, overlap_y, overlap_x)`` of every window, in cutting order."""
+        return [
+            (y, x, oy, ox)
+            for y, oy in zip(self.plan_y.starts, self.plan_y.overlaps)
+            for x, ox in zip(self.plan_x.starts, self.plan_x.overlaps)
+        ]
+
+
+def cut_blended(
+    image: np.ndarray, window_px: int, stride_ratio: float = 0.75
+) -> tuple[np.ndarray, BlendLayout]:
+    """Cut ``image`` into DeepCell's windows.
+
+    Parameters
+    ----------
+    image : ndarray, shape (Y, X, C)
+        Model input (already preprocessed).
+    window_px : int
+        Side of the model's input window (px).
+    stride_ratio : float
+        Window stride as a fraction of ``window_px``.
+
+    Returns
+    -------
+    windows : ndarray, shape (N, window_px, window_px, C)
+    layout : BlendLayout
+
+    Notes
+    -----
+    An image with an axis shorter than the window is reflect-padded on
+    that axis and, where it still exceeds the window on the other axis,
+    windowed there; DeepCell pads both axes then (and so cannot run a
+    fixed-size model on such an image).
+    """
+    shape_yx = (int(image.shape[0]), int(image.shape[1]))
+    padded, reflect = _reflect_to(image, window_px)
+    plan_y = plan_windows(padded.shape[0], window_px, stride_ratio)
+    plan_x = plan_windows(padded.shape[1], window_px, stride_ratio)
+    padded = np.pad(padded, (plan_y.pad, plan_x.pad, (0, 0)), "constant")
+    full_h, full_w = padded.shape[:2]
+    blend = _MIN_BLEND_PX <= window_px < full_h and _MIN_BLEND_PX <= window_px < full_w
+    blend = blend and stride_ratio >= _MIN_BLEND_STRIDE
+    layout = BlendLayout(
+        shape_yx, (reflect[0], reflect[1]), plan_y, plan_x, window_px, blend, image.dtype
+    )
+    windows = np.stack([padded[y : y + window_px, x : x + window_px] for y, x, _, _ in layout.boxes])
+    return windows, layout
+
+
+def blend_windows(outputs: Sequence[np.ndarray], layout: BlendLayout) -> list[np.ndarray]:
+    """The windows' outputs put back together as DeepCell does.
+
+    Parameters
+    ----------
+    outputs : sequence of ndarray, each shape (N, window_px, window_px, K_i)
+        The network's outputs for the windows of :func:`cut_blended`, in order.
+    layout : BlendLayout
+
+    Returns
+    -------
+    list of ndarray, each shape (Y, X, K_i), dtype of the input
+        Where windows overlap, the sum of their outputs weighted by
+        :func:`spline_weights` (which sum to 1); outputs of windows under
+        32 px or with a stride under half the window are pasted instead.
+    """
+    window_px, dtype = layout.window_px, layout.dtype
+    (top, bottom), (left, right) = layout.plan_y.pad, layout.plan_x.pad
+    full_h = layout.plan_y.starts[-1] + window_px
+    full_w = layout.plan_x.starts[-1] + window_px
+    sums = [np.zeros((full_h, full_w, o.shape[-1]), np.float64) for o in outputs]
+    for index, (y, x, oy, ox) in enumerate(layout.boxes):
+        for total, output in zip(sums, outputs):
+            # DeepCell stores each window's outputs in the input's dtype first.
+            window = np.asarray(output[index]).astype(dtype)
+            if layout.blend:
+                weights = np.outer(spline_weights(window_px, oy), spline_weights(window_px, ox))
+                total[y : y + window_px, x : x + window_px] += window * weights[..., None]
+            else:
+                total[y : y + window_px, x : x + window_px] = window
+    (ry, _), (rx, _) = layout.reflect
+    height, width = layout.shape_yx
+    return [
+        s.astype(dtype)[top : full_h - bottom, left : full_w - right][ry : ry + height, rx : rx + width]
+        for s in sums
+    ]
+
+
 def predict_blended(
     image: np.ndarray,
     predict: Predictor,
@@ -143,52 +263,12 @@ def predict_blended(
     Returns
     -------
     list of ndarray, each shape (Y, X, K_i), dtype of ``image``
-        Where windows overlap, the sum of their outputs weighted by
-        :func:`spline_weights` (which sum to 1); outputs of windows under
-        32 px or with ``stride_ratio < 0.5`` are pasted instead.
-
-    Notes
-    -----
-    An image with an axis shorter than the window is reflect-padded on
-    that axis and, where it still exceeds the window on the other axis,
-    windowed there; DeepCell pads both axes then (and so cannot run a
-    fixed-size model on such an image).
+        See :func:`blend_windows`.
     """
-    dtype = image.dtype
-    height, width = image.shape[:2]
-    if height < window_px or width < window_px:
-        padded, pads = _reflect_to(image, window_px)
-        outputs = predict_blended(padded, predict, window_px, batch_size, stride_ratio)
-        (top, _), (left, _) = pads
-        return [o[top : top + height, left : left + width] for o in outputs]
-    plan_y = plan_windows(height, window_px, stride_ratio)
-    plan_x = plan_windows(width, window_px, stride_ratio)
-    image = np.pad(image, (plan_y.pad, plan_x.pad, (0, 0)), "constant")
-    full_h, full_w = image.shape[:2]
-    blend = _MIN_BLEND_PX <= window_px < full_h and _MIN_BLEND_PX <= window_px < full_w
-    blend = blend and stride_ratio >= _MIN_BLEND_STRIDE
-    boxes = [
-        (y, x, oy, ox)
-        for y, oy in zip(plan_y.starts, plan_y.overlaps)
-        for x, ox in zip(plan_x.starts, plan_x.overlaps)
+    windows, layout = cut_blended(image, window_px, stride_ratio)
+    batches = [
+        [np.asarray(r) for r in predict(windows[i : i + batch_size])]
+        for i in range(0, len(windows), batch_size)
     ]
-    sums: list[np.ndarray] = []
-    for first in range(0, len(boxes), batch_size):
-        chunk = boxes[first : first + batch_size]
-        batch = np.stack([image[y : y + window_px, x : x + window_px] for y, x, _, _ in chunk])
-        results = [np.asarray(r) for r in predict(batch)]
-        if not sums:
-            sums = [np.zeros((full_h, full_w, r.shape[-1]), np.float64) for r in results]
-        for index, (y, x, oy, ox) in enumerate(chunk):
-            for total, result in zip(sums, results):
-                # DeepCell stores each batch's outputs in the input's dtype first.
-                window = result[index].astype(dtype)
-                if blend:
-                    weights = np.outer(spline_weights(window_px, oy), spline_weights(window_px, ox))
-                    total[y : y + window_px, x : x + window_px] += window * weights[..., None]
-                else:
-                    total[y : y + window_px, x : x + window_px] = window
-    (top, bottom), (left, right) = plan_y.pad, plan_x.pad
-    return [
-        s.astype(dtype)[top : full_h - bottom, left : full_w - right] for s in sums
-    ]
+    outputs = [np.concatenate(parts) for parts in zip(*batches)]
+    return blend_windows(outputs, layout)

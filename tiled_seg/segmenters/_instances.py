@@ -23,7 +23,6 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import numpy as np
-from scipy import ndimage as ndi
 
 from tiled_seg.segmenters.base import SlideContext
 from tiled_seg.segmenters.watershed import WatershedOptions, _remove_small, segment_nuclei

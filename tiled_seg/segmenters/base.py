@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from abc import ABC
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-__all__ = ["SlideContext", "Segmentation", "Segmenter", "BackendOptions"]
+__all__ = [
+    "SlideContext",
+    "Segmentation",
+    "PreparedTile",
+    "NetworkOutputs",
+    "Segmenter",
+    "BackendOptions",
+    "predict_tiles",
+]
 
 
 @dataclass(frozen=True)
@@ -45,6 +53,35 @@ class Segmentation:
     nuclei: np.ndarray | None = None
 
 
+@dataclass(frozen=True)
+class PreparedTile:
+    """One tile after the ``prepare`` stage.
+
+    Attributes
+    ----------
+    windows : dict of str to ndarray
+        Per network of the backend (e.g. ``"cell"``, ``"nuclear"``), its input
+        windows ``(N, ...)`` float32, ready for :meth:`Segmenter.predict`;
+        empty for a backend without a predict stage.
+    state : dict
+        What ``postprocess`` needs besides the network outputs (shapes,
+        window layouts, the inputs of a one-call backend).
+    """
+
+    windows: dict[str, np.ndarray]
+    state: dict[str, Any]
+
+    @property
+    def n_windows(self) -> int:
+        """Windows over all networks."""
+        return sum(len(w) for w in self.windows.values())
+
+
+#: Network outputs of one tile: per network, the outputs of
+#: :meth:`Segmenter.predict`, each ``(N, ...)`` with one entry per window.
+NetworkOutputs = dict[str, tuple[np.ndarray, ...]]
+
+
 class BackendOptions(BaseModel):
     """Base of every backend's options; unknown keys are an error."""
 
@@ -54,10 +91,24 @@ class BackendOptions(BaseModel):
 class Segmenter(ABC):
     """A segmentation backend.
 
-    Subclasses set ``name`` and ``Options`` (a :class:`BackendOptions`), and
-    implement :meth:`segment`. Heavy libraries are imported inside methods so
-    the core installs without TensorFlow or PyTorch. Instances are created
-    once per worker process and reused for every tile (see ``registry``).
+    Subclasses set ``name`` and ``Options`` (a :class:`BackendOptions`) and
+    implement either the three stages or only :meth:`segment`:
+
+    * :meth:`prepare` (CPU): the tile's inputs rescaled to the model's pixel
+      size, normalised as the model wants and cut into model windows;
+    * :meth:`predict` (accelerator): the network on one batch of windows,
+      which may come from several tiles;
+    * :meth:`postprocess` (CPU): network outputs to labels at the tile's
+      pixel size.
+
+    A backend that only implements :meth:`segment` (the watershed, or a
+    third-party one-call backend) has no predict stage: the pipeline runs
+    its ``segment`` in one CPU task. For a staged backend ``segment`` runs
+    the three stages in a row, so both paths give the same labels.
+
+    Heavy libraries are imported inside methods so the core installs without
+    TensorFlow or PyTorch. Instances are created once per worker process and
+    reused for every tile (see ``registry``).
     """
 
     name: ClassVar[str]
@@ -66,16 +117,63 @@ class Segmenter(ABC):
     uses_gpu: ClassVar[bool] = False
 
     def __init__(self, options: BackendOptions | dict[str, Any] | None = None) -> None:
+        cls = type(self)
+        if cls.segment is Segmenter.segment and cls.postprocess is Segmenter.postprocess:
+            raise TypeError(
+                f"{cls.__name__} implements neither segment nor prepare/predict/postprocess; "
+                "implement segment, or the three stages."
+            )
         if not isinstance(options, BackendOptions):
             options = self.Options(**(options or {}))
         self.options = options
+
+    def staged(self) -> bool:
+        """Whether this backend runs its network in a separate predict stage.
+
+        True when the class implements :meth:`predict`; a backend may refuse
+        for a configuration that only has a one-call route.
+        """
+        return type(self).predict is not Segmenter.predict
 
     @property
     def max_cell_diameter_um(self) -> float:
         """Largest cell diameter (um) this backend produces; sets an auto halo."""
         return float(getattr(self.options, "max_cell_diameter_um", 30.0))
 
-    @abstractmethod
+    @property
+    def predict_batch_size(self) -> int:
+        """Windows per :meth:`predict` call (the backend's ``batch_size`` option, else 1)."""
+        return int(getattr(self.options, "batch_size", 1))
+
+    def prepare(
+        self,
+        nuclear: np.ndarray,
+        membrane: np.ndarray | None,
+        context: SlideContext,
+    ) -> PreparedTile:
+        """CPU stage before the network; parameters as in :meth:`segment`.
+
+        The default keeps the inputs for a one-call :meth:`segment`.
+        """
+        return PreparedTile({}, {"nuclear": nuclear, "membrane": membrane})
+
+    def predict(self, network: str, batch: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Run network ``network`` on a batch of windows ``(N, ...)``.
+
+        Returns the network's outputs, each ``(N, ...)``. Only staged
+        backends implement it.
+        """
+        raise NotImplementedError(f"backend {self.name!r} has no predict stage")
+
+    def postprocess(
+        self, prepared: PreparedTile, outputs: NetworkOutputs, context: SlideContext
+    ) -> Segmentation:
+        """CPU stage after the network: labels of the tile ``prepared`` came from.
+
+        The default runs the one-call :meth:`segment` on the kept inputs.
+        """
+        return self.segment(prepared.state["nuclear"], prepared.state["membrane"], context)
+
     def segment(
         self,
         nuclear: np.ndarray,
@@ -98,3 +196,41 @@ class Segmenter(ABC):
         -------
         Segmentation
         """
+        prepared = self.prepare(nuclear, membrane, context)
+        (outputs,) = predict_tiles(self, [prepared])
+        return self.postprocess(prepared, outputs, context)
+
+
+def predict_tiles(segmenter: Segmenter, prepared: Sequence[PreparedTile]) -> list[NetworkOutputs]:
+    """The predict stage of several tiles, batched across them.
+
+    Per network, the windows of all tiles are concatenated and run in
+    batches of ``segmenter.predict_batch_size``; the outputs are split back
+    per tile.
+
+    Parameters
+    ----------
+    segmenter : Segmenter
+        A backend with a predict stage (or any backend, for tiles without windows).
+    prepared : sequence of PreparedTile
+        Tiles from :meth:`Segmenter.prepare`.
+
+    Returns
+    -------
+    list of NetworkOutputs
+        One per tile, in the order given.
+    """
+    results: list[NetworkOutputs] = [{} for _ in prepared]
+    networks = sorted({name for tile in prepared for name in tile.windows})
+    for network in networks:
+        owners = [i for i, tile in enumerate(prepared) if network in tile.windows]
+        windows = np.concatenate([prepared[i].windows[network] for i in owners])
+        batch = max(segmenter.predict_batch_size, 1)
+        parts = [segmenter.predict(network, windows[j : j + batch]) for j in range(0, len(windows), batch)]
+        outputs = [np.concatenate([part[k] for part in parts]) for k in range(len(parts[0]))]
+        start = 0
+        for i in owners:
+            stop = start + len(prepared[i].windows[network])
+            results[i][network] = tuple(out[start:stop] for out in outputs)
+            start = stop
+    return results

@@ -25,6 +25,15 @@ Nuclei: with ``compartment="both"`` a second model (``nuclear_model``, default
 ``nuclei``; for Cellpose 4 the same ``cpsam`` model on the nuclear channel)
 segments nuclei, which are linked to cells by maximum overlap.
 
+Stages (Cellpose 3): ``prepare`` runs ``CellposeModel.eval``'s own input
+steps (channel conversion, optional normalisation, rescale to the model's
+diameter, padding, 224 px tiles with 10 % overlap), ``predict`` runs only
+the network on batches of those tiles (which may mix tiles of the slide) and
+``postprocess`` averages the tiles, resizes back and runs the flow dynamics
+on the CPU; the labels equal ``eval``'s on the CPU. (On a GPU ``eval`` runs
+the dynamics on the GPU, so its labels may differ from the staged ones in
+rare pixels.) Cellpose 4 runs through its one-call ``eval``.
+
 Only Cellpose 3.1 is tested here (random weights, CPU); the Cellpose 4 path
 follows its documented API but has not been run.
 """
@@ -41,7 +50,14 @@ from pydantic import Field
 
 from tiled_seg.errors import BackendError
 from tiled_seg.segmenters._instances import link_nuclei, relabel_consecutive
-from tiled_seg.segmenters.base import BackendOptions, Segmentation, Segmenter, SlideContext
+from tiled_seg.segmenters.base import (
+    BackendOptions,
+    NetworkOutputs,
+    PreparedTile,
+    Segmentation,
+    Segmenter,
+    SlideContext,
+)
 
 __all__ = ["CellposeOptions", "CellposeSegmenter", "cellpose_major_version", "model_loads"]
 
@@ -132,6 +148,7 @@ class CellposeSegmenter(Segmenter):
     def __init__(self, options: BackendOptions | dict[str, Any] | None = None) -> None:
         super().__init__(options)
         self._models: dict[str, Any] = {}
+        self._diam_means: dict[str, Any] = {}
         self._lock = threading.Lock()
 
     @property
@@ -199,6 +216,100 @@ class CellposeSegmenter(Segmenter):
             masks = model.eval(image, channels=channels, **kwargs)[0]
         return relabel_consecutive(np.asarray(masks))
 
+    def staged(self) -> bool:
+        """Cellpose 3 runs in three stages; Cellpose 4 through its one-call ``eval``."""
+        return cellpose_major_version() < 4
+
+    def _roles(self) -> list[tuple[str, list[int], float]]:
+        """(network, Cellpose 3 channels, diameter in um) of each model this compartment runs."""
+        o = self._options
+        wanted = self._model_names()
+        roles = [("cell", [1, 2], o.cell_diameter_um), ("nuclear", [2, 0], o.nucleus_diameter_um)]
+        return [role for role in roles if role[0] in wanted]
+
+    def _diam_mean(self, role: str) -> Any:
+        """The model's training diameter (px), as Cellpose 3 sets it, without building the network."""
+        with self._lock:
+            if role not in self._diam_means:
+                target, builtin = _resolve(self._model_names()[role])
+                value: Any
+                if builtin:
+                    value = 17.0 if target == "nuclei" else 30.0
+                elif target.endswith("nucleitorch_0"):
+                    value = 17.0
+                else:
+                    import torch
+
+                    state = torch.load(target, map_location="cpu", weights_only=True)
+                    value = state["diam_mean"].cpu().numpy()[0]
+                self._diam_means[role] = value
+        return self._diam_means[role]
+
+    def prepare(
+        self,
+        nuclear: np.ndarray,
+        membrane: np.ndarray | None,
+        context: SlideContext,
+    ) -> PreparedTile:
+        """Cellpose 3's input steps of ``CellposeModel.eval``: channels, rescale, pad, 224 px tiles."""
+        from cellpose import transforms
+        from cellpose.models import normalize_default
+
+        o = self._options
+        image = _stack(nuclear, membrane)
+        windows: dict[str, np.ndarray] = {}
+        state: dict[str, Any] = {}
+        for role, channels, diameter_um in self._roles():
+            x = transforms.convert_image(image, channels, channel_axis=-1, nchan=2)[np.newaxis]
+            if o.normalize == "tile":
+                x = transforms.normalize_img(x, **{**normalize_default, "normalize": True})
+            rescale = self._diam_mean(role) / (diameter_um / context.pixel_size_um)
+            height, width = x.shape[1:3]
+            rsz = [rescale, rescale] if rescale != 1.0 else None
+            resized = (int(height * rescale), int(width * rescale)) if rsz else (height, width)
+            ypad1, ypad2, xpad1, xpad2 = transforms.get_pad_yx(*resized)
+            tile = transforms.resize_image(x[0], rsz=rsz) if rsz else x[0].copy()
+            tile = np.pad(tile.transpose(2, 0, 1), [[0, 0], [ypad1, ypad2], [xpad1, xpad2]])
+            tiles, ysub, xsub, ly, lx = transforms.make_tiles(tile, bsize=_BSIZE, augment=False,
+                                                             tile_overlap=_TILE_OVERLAP)
+            windows[role] = tiles.reshape(-1, *tiles.shape[-3:]).astype(np.float32)
+            state[role] = dict(ysub=ysub, xsub=xsub, size=(ly, lx), padded=tile.shape[1:],
+                               pads=(ypad1, ypad2, xpad1, xpad2), rescale=rescale, shape=(height, width))
+        return PreparedTile(windows, state)
+
+    def predict(self, network: str, batch: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Cellpose's network on ``(N, 2, 224, 224)`` tiles: flows and cell probability, styles."""
+        from cellpose.core import _forward
+
+        return tuple(_forward(self.load()[network].net, batch))
+
+    def postprocess(
+        self, prepared: PreparedTile, outputs: NetworkOutputs, context: SlideContext
+    ) -> Segmentation:
+        """Cellpose 3's output steps: average the tiles, back to the tile's size, flow dynamics (CPU)."""
+        import torch
+        from cellpose import dynamics, transforms
+
+        o = self._options
+        masks: dict[str, np.ndarray] = {}
+        for role, _, _ in self._roles():
+            st = prepared.state[role]
+            averaged = transforms.average_tiles(outputs[role][0], st["ysub"], st["xsub"], *st["size"])
+            ypad1, ypad2, xpad1, xpad2 = st["pads"]
+            padded_y, padded_x = st["padded"]
+            flows = averaged[:, :padded_y, :padded_x][:, ypad1 : padded_y - ypad2, xpad1 : padded_x - xpad2]
+            flows = flows.transpose(1, 2, 0)[np.newaxis]
+            if st["rescale"] != 1.0:
+                flows = transforms.resize_image(flows, *st["shape"])
+            found = dynamics.resize_and_compute_masks(
+                flows[..., :2].transpose((3, 0, 1, 2))[:, 0], flows[0, ..., 2],
+                niter=1 / st["rescale"] * 200, cellprob_threshold=o.cellprob_threshold,
+                flow_threshold=o.flow_threshold, interp=True, resize=None,
+                min_size=o.min_size_px, max_size_fraction=0.4, device=torch.device("cpu"),
+            )
+            masks[role] = relabel_consecutive(np.asarray(found).squeeze())
+        return _assemble(masks.get("cell"), masks.get("nuclear"))
+
     def segment(
         self,
         nuclear: np.ndarray,
@@ -206,11 +317,20 @@ class CellposeSegmenter(Segmenter):
         context: SlideContext,
     ) -> Segmentation:
         """Segment one tile; see :class:`Segmenter` and the module notes."""
+        if self.staged():
+            return super().segment(nuclear, membrane, context)
+        return self.segment_one_call(nuclear, membrane, context)
+
+    def segment_one_call(
+        self,
+        nuclear: np.ndarray,
+        membrane: np.ndarray | None,
+        context: SlideContext,
+    ) -> Segmentation:
+        """Segment one tile with Cellpose's own ``eval`` (network and dynamics in one call)."""
         o = self._options
         models = self.load()
-        if membrane is None:
-            membrane = np.zeros_like(nuclear)
-        image = np.stack([membrane, nuclear], axis=-1).astype(np.float32)
+        image = _stack(nuclear, membrane)
         px = context.pixel_size_um
         cells = nuclei = None
         if "cell" in models:
@@ -218,8 +338,24 @@ class CellposeSegmenter(Segmenter):
         if "nuclear" in models:
             nuclear_image = image if cellpose_major_version() < 4 else image[..., 1:]
             nuclei = self._eval(models["nuclear"], nuclear_image, o.nucleus_diameter_um / px, [2, 0])
-        if cells is None:
-            return Segmentation(cells=cast(np.ndarray, nuclei), nuclei=nuclei)
-        if nuclei is None:
-            return Segmentation(cells=cells, nuclei=None)
-        return Segmentation(cells=cells, nuclei=link_nuclei(cells, nuclei))
+        return _assemble(cells, nuclei)
+
+
+#: Cellpose 3's network tile side (px) and tile overlap (fraction), its ``eval`` defaults.
+_BSIZE = 224
+_TILE_OVERLAP = 0.1
+
+
+def _stack(nuclear: np.ndarray, membrane: np.ndarray | None) -> np.ndarray:
+    """The channels-last ``(membrane, nuclear)`` tile; a missing membrane is zero."""
+    if membrane is None:
+        membrane = np.zeros_like(nuclear)
+    return np.stack([membrane, nuclear], axis=-1).astype(np.float32)
+
+
+def _assemble(cells: np.ndarray | None, nuclei: np.ndarray | None) -> Segmentation:
+    if cells is None:
+        return Segmentation(cells=cast(np.ndarray, nuclei), nuclei=nuclei)
+    if nuclei is None:
+        return Segmentation(cells=cells, nuclei=None)
+    return Segmentation(cells=cells, nuclei=link_nuclei(cells, nuclei))

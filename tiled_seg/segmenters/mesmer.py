@@ -16,6 +16,10 @@ Two routes, chosen by the option ``use_deepcell_package`` ("auto", true, false):
   windows at a stride of 3/4 blended with spline weights, turned into
   instances by DeepCell's deep watershed per compartment (defaults of
   ``Mesmer.predict``) and resized back to the tile's shape.
+  In the pipeline these are three stages: ``prepare`` (resize, clip,
+  CLAHE, cut the windows), ``predict`` (the network on window batches, which
+  may come from several tiles) and ``postprocess`` (blend, deep watershed,
+  resize back).
 * **DeepCell route** (Python 3.10 with ``deepcell`` installed):
   ``deepcell.applications.Mesmer(model).predict(...)`` with the same model and
   thresholds. Without a local model DeepCell downloads one itself, which needs
@@ -48,9 +52,17 @@ from pydantic import Field
 
 from tiled_seg.errors import BackendError
 from tiled_seg.segmenters import _mesmer_processing as processing
-from tiled_seg.segmenters._blended_windows import predict_blended
+from tiled_seg.segmenters._blended_windows import BlendLayout, blend_windows, cut_blended
 from tiled_seg.segmenters._instances import link_nuclei, relabel_consecutive
-from tiled_seg.segmenters.base import BackendOptions, Segmentation, Segmenter, SlideContext
+from tiled_seg.segmenters.base import (
+    BackendOptions,
+    NetworkOutputs,
+    PreparedTile,
+    Segmentation,
+    Segmenter,
+    SlideContext,
+    predict_tiles,
+)
 
 __all__ = ["MesmerOptions", "MesmerSegmenter", "find_model", "load_keras_model", "model_loads"]
 
@@ -232,33 +244,66 @@ class MesmerSegmenter(Segmenter):
                     self._model = load_keras_model(find_model(self._options.model_path))
         return self._model
 
+    def _window_px(self) -> int:
+        """The model's window side (px at the model's pixel size)."""
+        shape = getattr(self.load(), "input_shape", (None, None, None, 2))
+        return int(shape[1]) if shape[1] else self._options.window_px
+
+    def prepare(
+        self,
+        nuclear: np.ndarray,
+        membrane: np.ndarray | None,
+        context: SlideContext,
+    ) -> PreparedTile:
+        """Stack (nuclear, membrane), resize to the model's pixel size, preprocess, cut windows."""
+        o = self._options
+        image = _stack(nuclear, membrane)
+        resized = processing.resize_input(image, context.pixel_size_um, o.model_mpp)
+        prepared = processing.preprocess(resized, o.percentile, o.clahe, o.clahe_kernel_px)
+        windows, layout = cut_blended(prepared, self._window_px(), o.stride_ratio)
+        return PreparedTile({"mesmer": windows}, {"layout": layout, "shape": nuclear.shape})
+
+    def predict(self, network: str, batch: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Mesmer on a batch of ``(N, W, W, 2)`` windows.
+
+        Returns (cell inner distance, cell interior, nuclear inner distance,
+        nuclear interior), each ``(N, W, W, 1)``.
+        """
+        model = self.load()
+        names = [str(n) for n in getattr(model, "output_names", [])] or None
+        outputs = model(batch, training=False)
+        if isinstance(outputs, dict):
+            keys = list(outputs)
+            outputs = [outputs[k] for k in keys]
+        else:
+            keys = names
+            outputs = list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+        maps = processing.split_outputs([np.asarray(o) for o in outputs], keys)
+        return tuple(np.asarray(m[..., None], np.float32) for pair in maps.values() for m in pair)
+
     def predict_maps(self, image: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Network maps of a preprocessed ``(Y, X, 2)`` image at the model's pixel size.
 
         Returns ``{compartment: (inner_distance, interior)}``, each ``(Y, X)``.
         """
-        model = self.load()
-        names = [str(n) for n in getattr(model, "output_names", [])] or None
-        shape = getattr(model, "input_shape", (None, None, None, 2))
-        window = int(shape[1]) if shape[1] else self._options.window_px
+        windows, layout = cut_blended(image, self._window_px(), self._options.stride_ratio)
+        (outputs,) = predict_tiles(self, [PreparedTile({"mesmer": windows}, {})])
+        return self._maps(outputs["mesmer"], layout)
 
-        def predict(batch: np.ndarray) -> list[np.ndarray]:
-            outputs = model(batch, training=False)
-            if isinstance(outputs, dict):
-                keys = list(outputs)
-                outputs = [outputs[k] for k in keys]
-            else:
-                keys = names
-                outputs = list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
-            maps = processing.split_outputs([np.asarray(o) for o in outputs], keys)
-            return [m[..., None] for pair in maps.values() for m in pair]
-
-        cell_d, cell_i, nuc_d, nuc_i = predict_blended(
-            image, predict, window, self._options.batch_size, self._options.stride_ratio
-        )
-        return {"whole-cell": (cell_d[..., 0], cell_i[..., 0]), "nuclear": (nuc_d[..., 0], nuc_i[..., 0])}
+    @staticmethod
+    def _maps(
+        outputs: tuple[np.ndarray, ...], layout: BlendLayout
+    ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        cell_d, cell_i, nuc_d, nuc_i = (m[..., 0] for m in blend_windows(outputs, layout))
+        return {"whole-cell": (cell_d, cell_i), "nuclear": (nuc_d, nuc_i)}
 
     def postprocess(
+        self, prepared: PreparedTile, outputs: NetworkOutputs, context: SlideContext
+    ) -> Segmentation:
+        """Deep watershed of the assembled maps, resized to the tile."""
+        return self.instances(self._maps(outputs["mesmer"], prepared.state["layout"]), prepared.state["shape"])
+
+    def instances(
         self, maps: dict[str, tuple[np.ndarray, np.ndarray]], shape: tuple[int, int]
     ) -> Segmentation:
         """Instances from the network maps, resized to the tile's ``shape``."""
@@ -295,6 +340,10 @@ class MesmerSegmenter(Segmenter):
             return Segmentation(cells=cells, nuclei=None)
         return Segmentation(cells=cells, nuclei=link_nuclei(cells, labels["nuclear"]))
 
+    def staged(self) -> bool:
+        """Staged on the own route; DeepCell's application runs all three stages in one call."""
+        return not self._use_deepcell()
+
     def segment(
         self,
         nuclear: np.ndarray,
@@ -302,16 +351,10 @@ class MesmerSegmenter(Segmenter):
         context: SlideContext,
     ) -> Segmentation:
         """Segment one tile; see :class:`Segmenter` and the module notes."""
-        o = self._options
-        if membrane is None:
-            membrane = np.zeros_like(nuclear)
-        image = np.stack([nuclear, membrane], axis=-1).astype(np.float32)
+        if not self._use_deepcell():
+            return super().segment(nuclear, membrane, context)
         self.load()
-        if self._app is not None:
-            return self._segment_deepcell(image, context)
-        resized = processing.resize_input(image, context.pixel_size_um, o.model_mpp)
-        prepared = processing.preprocess(resized, o.percentile, o.clahe, o.clahe_kernel_px)
-        return self.postprocess(self.predict_maps(prepared), nuclear.shape)
+        return self._segment_deepcell(_stack(nuclear, membrane), context)
 
     def _segment_deepcell(self, image: np.ndarray, context: SlideContext) -> Segmentation:
         o = self._options
@@ -342,3 +385,10 @@ class MesmerSegmenter(Segmenter):
         return self._assemble(
             {n: relabel_consecutive(result[..., i].astype(np.int64)) for i, n in enumerate(names)}
         )
+
+
+def _stack(nuclear: np.ndarray, membrane: np.ndarray | None) -> np.ndarray:
+    """Mesmer's ``(Y, X, 2)`` input (nuclear, membrane); a missing membrane is zero."""
+    if membrane is None:
+        membrane = np.zeros_like(nuclear)
+    return np.stack([nuclear, membrane], axis=-1).astype(np.float32)

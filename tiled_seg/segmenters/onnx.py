@@ -44,13 +44,17 @@ import numpy as np
 from pydantic import Field
 
 from tiled_seg.errors import BackendError
-from tiled_seg.segmenters._instances import (
-    predict_in_windows,
-    probability_instances,
-    rescale_image,
-    resize_image,
+from tiled_seg.segmenters._instances import probability_instances, rescale_image, resize_image
+from tiled_seg.segmenters._windows import assemble_windows, cut_windows
+from tiled_seg.segmenters.base import (
+    BackendOptions,
+    NetworkOutputs,
+    PreparedTile,
+    Segmentation,
+    Segmenter,
+    SlideContext,
+    predict_tiles,
 )
-from tiled_seg.segmenters.base import BackendOptions, Segmentation, Segmenter, SlideContext
 
 __all__ = [
     "OnnxOptions",
@@ -103,6 +107,8 @@ class OnnxOptions(BackendOptions):
     batch_size: int = Field(1, gt=0)
     #: onnxruntime execution providers; None: CUDA when available, else CPU.
     providers: list[str] | None = None
+    #: CPU threads of one inference call; None: onnxruntime's default (all cores).
+    intra_op_threads: int | None = Field(None, gt=0)
     #: Check the weights' sha256 against the description when loading.
     verify_sha256: bool = True
 
@@ -368,13 +374,20 @@ class OnnxSegmenter(Segmenter):
             )
         return Path(given).expanduser()
 
+    def description(self) -> ModelDescription:
+        """The model description, read once per instance (no session is created)."""
+        with self._lock:
+            if self._description is None:
+                self._description = read_description(self._model_path())
+        return self._description
+
     def load(self) -> tuple[Any, ModelDescription]:
         """The ONNX session and the model description, loaded once per instance."""
         global _loads
         with self._lock:
             if self._session is None:
                 options = cast(OnnxOptions, self.options)
-                description = read_description(self._model_path())
+                description = self._description or read_description(self._model_path())
                 if not description.weights.is_file():
                     raise BackendError(
                         f"ONNX weights {description.weights} named by {description.path} "
@@ -392,18 +405,36 @@ class OnnxSegmenter(Segmenter):
                 providers = options.providers or [
                     p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available
                 ]
+                settings = onnxruntime.SessionOptions()
+                if options.intra_op_threads:
+                    settings.intra_op_num_threads = options.intra_op_threads
                 self._session = onnxruntime.InferenceSession(
-                    str(description.weights), providers=providers
+                    str(description.weights), sess_options=settings, providers=providers
                 )
                 self._description = description
                 with _loads_lock:
                     _loads += 1
         return self._session, cast(ModelDescription, self._description)
 
-    def probability(self, nuclear: np.ndarray, context: SlideContext) -> np.ndarray:
-        """Foreground probability (0-1) of one tile, shape ``(Y, X)``, float32."""
+    @property
+    def predict_batch_size(self) -> int:
+        """Windows per call: 1 for a model whose batch axis is fixed at 1."""
+        session, _ = self.load()
+        fixed = session.get_inputs()[0].shape[0] == 1
+        return 1 if fixed else cast(OnnxOptions, self.options).batch_size
+
+    def prepare(
+        self,
+        nuclear: np.ndarray,
+        membrane: np.ndarray | None,
+        context: SlideContext,
+    ) -> PreparedTile:
+        """Rescale to the model's pixel size, cut into windows, apply the declared preprocessing.
+
+        The windows come out in the model's declared axis order.
+        """
         options = cast(OnnxOptions, self.options)
-        session, description = self.load()
+        description = self.description()
         factor = (
             context.pixel_size_um / options.model_pixel_size_um
             if options.model_pixel_size_um
@@ -417,35 +448,28 @@ class OnnxSegmenter(Segmenter):
             )
         window = _resolve_window(description, options.window_px)
         margin = options.margin_px if options.margin_px is not None else description.halo_px
-        margin = min(margin, (window - 1) // 2)
-        input_name = session.get_inputs()[0].name
-        batch_fixed = session.get_inputs()[0].shape[0] == 1
-
-        def predict(batch: np.ndarray) -> list[np.ndarray]:
-            prepared = np.stack([_preprocess(w, description, options) for w in batch])
-            # (N, Y, X, C) -> the declared input order, and the output back.
-            tensor = np.transpose(prepared, ["byxc".index(a) for a in description.input_axes])
-            result = session.run(None, {input_name: np.ascontiguousarray(tensor)})[0]
-            result = np.transpose(result, [description.output_axes.index(a) for a in "byxc"])
-            return [_postprocess(result[..., options.output_channel : options.output_channel + 1], description)]
-
-        (probability,) = predict_in_windows(
-            image, predict, window, margin, batch_size=1 if batch_fixed else options.batch_size
+        windows, layout = cut_windows(image, window, min(margin, (window - 1) // 2))
+        prepared = np.stack([_preprocess(w, description, options) for w in windows])
+        # (N, Y, X, C) -> the declared input order.
+        tensor = np.transpose(prepared, ["byxc".index(a) for a in description.input_axes])
+        return PreparedTile(
+            {"nuclear": np.ascontiguousarray(tensor)},
+            {"layout": layout, "shape": nuclear.shape},
         )
-        probability = probability[..., 0]
-        return resize_image(probability, nuclear.shape)
 
-    def segment(
-        self,
-        nuclear: np.ndarray,
-        membrane: np.ndarray | None,
-        context: SlideContext,
+    def predict(self, network: str, batch: np.ndarray) -> tuple[np.ndarray, ...]:
+        """The ONNX session on a batch in the model's input order; output as ``(N, Y, X, C)``."""
+        session, description = self.load()
+        result = session.run(None, {session.get_inputs()[0].name: batch})[0]
+        return (np.transpose(result, [description.output_axes.index(a) for a in "byxc"]),)
+
+    def postprocess(
+        self, prepared: PreparedTile, outputs: NetworkOutputs, context: SlideContext
     ) -> Segmentation:
-        """Segment one tile's nuclei; ``membrane`` is not used. See :class:`Segmenter`."""
+        """Declared postprocessing, windows assembled, then the marker watershed."""
         options = cast(OnnxOptions, self.options)
-        probability = self.probability(nuclear, context)
         nuclei = probability_instances(
-            probability,
+            self._probability(prepared, outputs),
             context,
             threshold=options.threshold,
             nucleus_diameter_um=options.nucleus_diameter_um,
@@ -454,3 +478,16 @@ class OnnxSegmenter(Segmenter):
             peak_separation=options.peak_separation,
         )
         return Segmentation(cells=nuclei, nuclei=nuclei)
+
+    def probability(self, nuclear: np.ndarray, context: SlideContext) -> np.ndarray:
+        """Foreground probability (0-1) of one tile, shape ``(Y, X)``, float32."""
+        prepared = self.prepare(nuclear, None, context)
+        (outputs,) = predict_tiles(self, [prepared])
+        return self._probability(prepared, outputs)
+
+    def _probability(self, prepared: PreparedTile, outputs: NetworkOutputs) -> np.ndarray:
+        channel = cast(OnnxOptions, self.options).output_channel
+        (result,) = outputs["nuclear"]
+        probability = _postprocess(result[..., channel : channel + 1], self.description())
+        assembled = assemble_windows(probability, prepared.state["layout"])[..., 0]
+        return resize_image(assembled, prepared.state["shape"])
