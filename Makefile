@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test clean
+.PHONY: demo test test-interop clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,5 +31,18 @@ demo: $(VENV)/.demo-installed
 test: $(VENV)/.test-installed
 	$(BIN)/python -m pytest
 
+# spatialdata pins an older dask and napari-ome-zarr needs napari, so the
+# readers that need them get their own environment.
+INTEROP ?= .venv-interop
+
+$(INTEROP)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(INTEROP)
+	$(INTEROP)/bin/python -m pip install --quiet --upgrade pip
+	$(INTEROP)/bin/python -m pip install --quiet -e ".[interop]"
+	touch $@
+
+test-interop: $(INTEROP)/.installed
+	$(INTEROP)/bin/python -m pytest -p no:cacheprovider tests/test_interop.py tests/test_steinbock.py
+
 clean:
-	rm -rf $(VENV) demo_output
+	rm -rf $(VENV) $(INTEROP) demo_output

@@ -249,6 +249,12 @@ def test_choices_match_the_library():
     choices = {p.name: tuple(p.type.choices) for p in measure_cmd.params
                if isinstance(p.type, click.Choice)}
     assert choices["neighbours"] == NEIGHBOURS and choices["morphology"] == MORPHOLOGIES
+    from tiled_seg._cli.report import report_cmd
+    from tiled_seg.io.tables import DEFAULT_TABLE
+
+    for command in (measure_cmd, report_cmd):
+        (table,) = [p for p in command.params if p.name in ("table", "table_name")]
+        assert table.default == DEFAULT_TABLE
 
 
 def test_old_flag_names_still_work(tmp_path, slide):

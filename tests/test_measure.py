@@ -293,15 +293,16 @@ def test_measure_store_writes_tables(store, tmp_path) -> None:
     )
     n = len(np.unique(labels)) - 1
     assert result.n_cells == n and result.table_shape == result.table.shape
-    adata = read_anndata_zarr(path, "cells")
+    adata = read_anndata_zarr(path, "cell_table")
     assert adata.shape == (n, len(NAMES)) and list(adata.var_names) == NAMES
     np.testing.assert_allclose(adata.X, result.table[NAMES].to_numpy())
     assert adata.uns["config"]["backend"] == "test"
     assert adata.layers["nuclear"].shape == (n, len(NAMES))
     np.testing.assert_allclose(adata.obsm["spatial"][:, 0], result.table["centroid_x_um"])
-    attrs = zarr.open_group(str(path / "tables" / "cells")).attrs.asdict()
-    assert attrs["spatialdata_attrs"] == {"region": "labels/cells", "region_key": "region", "instance_key": "cell_id"}
-    assert zarr.open_group(str(path)).metadata.zarr_format == zarr.open_group(str(path / "tables" / "cells")).metadata.zarr_format
+    attrs = zarr.open_group(str(path / "tables" / "cell_table")).attrs.asdict()
+    assert {k: attrs[k] for k in ("region", "region_key", "instance_key")} == {
+        "region": "cells", "region_key": "region", "instance_key": "cell_id"}
+    assert zarr.open_group(str(path)).metadata.zarr_format == zarr.open_group(str(path / "tables" / "cell_table")).metadata.zarr_format
     parquet = read_parquet(result.paths["parquet"])
     pd.testing.assert_frame_equal(parquet, result.table)
     # The centroid graph equals a brute-force search within 8 um.
@@ -327,7 +328,7 @@ def test_measure_store_border_neighbours(store, tmp_path) -> None:
     assert np.array_equal(graph[["cell_a", "cell_b"]].to_numpy(), expected[["cell_a", "cell_b"]].to_numpy())
     np.testing.assert_allclose(graph["distance_um"], expected["distance_px"] * 0.5, rtol=1e-12)
     assert list(result.edges["kind"].cat.categories) == ["touching", "border"]
-    adata = read_anndata_zarr(path, "cells")
+    adata = read_anndata_zarr(path, "cell_table")
     assert adata.obsp["spatial_connectivities"].nnz == 2 * len(expected)
     assert adata.obsp["spatial_distances"].max() == pytest.approx(expected["distance_px"].max() * 0.5)
     steinbock = pd.read_csv(result.paths["steinbock_neighbors"])
@@ -360,7 +361,7 @@ def test_cli_measure(store, tmp_path) -> None:
                "--steinbock", str(tmp_path / "sb")],
     )
     assert borders.exit_code == 0, borders.output
-    steinbock = pd.read_csv(tmp_path / "sb" / "neighbors.csv")
+    steinbock = pd.read_csv(tmp_path / "sb" / "neighbors" / "slide.csv")
     assert len(steinbock) == 2 * len(_border_brute_force(labels, 1.5 / 0.5))
     assert steinbock["Distance"].max() <= 3.0
     wrong = CliRunner().invoke(main, ["measure", str(path), "--overwrite", "--neighbours", "knn"])
@@ -407,7 +408,7 @@ def test_fov8_mibi_biology(tmp_path) -> None:
     path, cells = _fov8_store(tmp_path)
     run = CliRunner().invoke(main, ["measure", str(path), "--distance-um", "15"])
     assert run.exit_code == 0, run.output
-    table = read_parquet(path / "tables" / "cells.parquet")
+    table = read_parquet(path / "tables" / "cell_table.parquet")
     n = len(np.unique(cells)) - 1
     assert len(table) == n == 553
     print(f"fov8 table shape {table.shape}")

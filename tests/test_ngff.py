@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dask.array as da
 import numpy as np
+from scipy import ndimage
 import pytest
 import zarr
 from ome_zarr.format import FormatV04, FormatV05
@@ -80,9 +81,12 @@ def test_image_round_trip(tmp_path, version, as_dask):
     assert len(expected) > 1
     assert [level.shape[1:] for level in slide.levels] == expected
     assert slide.level_factors == tuple(2.0**i for i in range(len(expected)))
-    # Level 1 is the rounded 2x2 mean of level 0 (600 x 520 is even).
-    mean = image.reshape(3, 300, 2, 260, 2).astype(float).mean(axis=(2, 4))
-    np.testing.assert_array_equal(slide.levels[1].compute(), np.round(mean).astype(np.uint16))
+    # Level 1 is the rounded (1/4, 1/2, 1/4) filter of level 0 at every other pixel.
+    smooth = ndimage.correlate1d(image.astype(float), [0.25, 0.5, 0.25], axis=1, mode="nearest")
+    smooth = ndimage.correlate1d(smooth, [0.25, 0.5, 0.25], axis=2, mode="nearest")
+    np.testing.assert_array_equal(
+        slide.levels[1].compute(), np.round(smooth[:, ::2, ::2]).astype(np.uint16)
+    )
 
 
 @pytest.mark.parametrize("version", VERSIONS)
@@ -259,3 +263,61 @@ def test_unknown_channel_lists_the_names(tmp_path):
     assert slide.channel_index("CD3") == 1
     with pytest.raises(ChannelError, match="DNA, CD3, PanKeratin"):
         slide.channel_index("CD8")
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_image_and_label_pyramids_align(tmp_path, version):
+    """At every level, a label pixel and the image pixel at the same index sit at one place."""
+    size, width = 1100, 1100
+    yy, xx = np.mgrid[0:size, 0:width]
+    # Image channels are the full-resolution coordinates; each label id encodes its pixel.
+    image = np.stack([yy, xx]).astype(np.float32)
+    labels = (yy * width + xx + 1).astype(np.uint32)
+    path = tmp_path / "ramp.ome.zarr"
+    write_image(path, image, ["y", "x"], 0.5, chunk_px=128, ngff_version=version)
+    write_labels(path, "ramp", labels, 0.5, chunk_px=128)
+    root = zarr.open_group(str(path), mode="r")
+    image_ms = _ngff(root)["multiscales"][0]
+    label_ms = _ngff(root["labels/ramp"])["multiscales"][0]
+    assert len(image_ms["datasets"]) == len(label_ms["datasets"]) >= 3
+    for level, (im, lb) in enumerate(zip(image_ms["datasets"], label_ms["datasets"])):
+        # The same physical grid: equal scale (and translation) in y and x.
+        assert im["coordinateTransformations"][0]["scale"][1:] == lb["coordinateTransformations"][0]["scale"]
+        assert [t["type"] for t in im["coordinateTransformations"]] == [
+            t["type"] for t in lb["coordinateTransformations"]]
+        pixels = np.asarray(root[im["path"]])
+        ids = np.asarray(root[f"labels/ramp/{lb['path']}"])
+        assert pixels.shape[1:] == ids.shape
+        y0, x0 = np.divmod(ids.astype(np.int64) - 1, width)
+        inner = (slice(1, -2), slice(1, -2))  # the filter's edge replication aside
+        np.testing.assert_allclose(pixels[0][inner], y0[inner], atol=1e-3)
+        np.testing.assert_allclose(pixels[1][inner], x0[inner], atol=1e-3)
+        assert np.all(y0[inner] == 2**level * np.arange(ids.shape[0])[inner[0], None])
+
+
+def _ngff(group: zarr.Group) -> dict:
+    attrs = group.attrs.asdict()
+    return attrs.get("ome", attrs)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_viewer_metadata(tmp_path, version):
+    """omero windows from the data, distinct colours, a few channels on; multiscales type."""
+    rng = np.random.default_rng(1)
+    image = rng.poisson([[[5.0]], [[40.0]], [[1.0]], [[9.0]], [[2.0]]], size=(5, 600, 520)).astype(np.uint16)
+    path = tmp_path / "v.ome.zarr"
+    write_image(path, image, ["a", "b", "c", "d", "e"], 0.5, chunk_px=128, ngff_version=version)
+    write_labels(path, "cells", (image[0] > 6).astype(np.uint32), 0.5, chunk_px=128)
+    root = zarr.open_group(str(path), mode="r")
+    channels = _ngff(root)["omero"]["channels"]
+    ends = [c["window"]["end"] for c in channels]
+    # The window ends near the 99.9th percentile of each channel, not the dtype's 65535.
+    np.testing.assert_allclose(ends, np.percentile(image, 99.9, axis=(1, 2)), rtol=0.25)
+    assert all(c["window"]["start"] < c["window"]["end"] <= c["window"]["max"] for c in channels)
+    assert len({c["color"] for c in channels}) == len(channels)
+    assert [c["active"] for c in channels] == [True, True, True, False, False]
+    multiscale = _ngff(root)["multiscales"][0]
+    assert multiscale["type"] and multiscale["metadata"]["method"] == "tiled_seg.io.ngff"
+    image_label = _ngff(root["labels/cells"])["image-label"]
+    assert "colors" not in image_label and image_label["source"] == {"image": "../../"}
+    assert _ngff(root["labels/cells"])["multiscales"][0]["type"] == "nearest"

@@ -16,7 +16,7 @@ from tiled_seg._cli import main
 from tiled_seg.config import RunConfig
 from tiled_seg.errors import ChannelError, OutputExistsError, PixelSizeError, TileLayoutError
 from tiled_seg.evaluate import match_labels
-from tiled_seg.io.ngff import list_labels, read_labels, write_image
+from tiled_seg.io.ngff import list_labels, open_slide, read_labels, write_image
 from tiled_seg.pipeline import run
 from tiled_seg.qc import cut_objects
 from tiled_seg.synth import make_slide
@@ -74,9 +74,10 @@ def test_nuclei_inside_their_cells(tmp_path, slide, client):
     assert np.array_equal(cells[inside], nuclei[inside])
     assert result.n_nuclei == np.unique(nuclei[inside]).size
     assert result.n_cells == cells.max()
-    # Labels in a separate output store link to the image they label.
+    # A separate output store is an image store: its levels link to the input's.
     link = zarr.open_group(output / "labels" / "cells").attrs["ome"]["image-label"]["source"]["image"]
-    assert (output / "labels" / "cells" / link).resolve() == Path(slide.path).resolve()
+    assert link == "../../" and open_slide(output).channel_names == open_slide(slide.path).channel_names
+    assert (output / "0").resolve() == (Path(slide.path) / "0").resolve()
 
 
 def test_identical_with_one_and_two_workers(tmp_path, slide, client):

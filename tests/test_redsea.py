@@ -102,7 +102,7 @@ def test_compensate_store_writes_columns_and_layer(tmp_path) -> None:
                       spillover=0.2, chunk_px=64)
     measure_store(info.path, labels="gt_cells", nuclei=None)
     table = compensate_store(info.path, labels="gt_cells", channels=["CD3", "CD20"])
-    stored = read_parquet(info.path / "tables" / "cells.parquet")
+    stored = read_parquet(info.path / "tables" / "cell_table.parquet")
     assert {"CD3_redsea", "CD20_redsea"} <= set(stored.columns)
     assert "DNA1_redsea" not in stored.columns
     from tiled_seg.io import read_labels
@@ -113,7 +113,7 @@ def test_compensate_store_writes_columns_and_layer(tmp_path) -> None:
                            slide.data[[2, 3]].compute(), ["CD3", "CD20"])
     np.testing.assert_allclose(stored["CD3_redsea"], direct["CD3_redsea"])
     np.testing.assert_allclose(table["CD20_redsea"], direct["CD20_redsea"])
-    adata = read_anndata_zarr(info.path, "cells")
+    adata = read_anndata_zarr(info.path, "cell_table")
     layer = adata.layers["redsea"]
     names = list(adata.var_names)
     np.testing.assert_allclose(layer[:, names.index("CD3")], direct["CD3_redsea"])

@@ -1,23 +1,28 @@
-"""Cell tables round-trip through Parquet, AnnData zarr (v2 and v3) and steinbock CSV."""
+"""Cell tables round-trip through Parquet and AnnData zarr (v2 and v3)."""
 
 from __future__ import annotations
+
+import json
+import warnings
 
 import numpy as np
 import pandas as pd
 import pytest
 import zarr
 
+from tiled_seg import __version__
 from tiled_seg.errors import InputNotFoundError, OutputExistsError
 from tiled_seg.io.ngff import write_image
 from tiled_seg.io.tables import (
     list_tables,
     read_anndata_zarr,
     read_parquet,
+    read_parquet_metadata,
+    table_metadata,
     write_anndata_zarr,
     write_parquet,
-    write_steinbock,
 )
-from tiled_seg.measure import steinbock_frames, to_anndata
+from tiled_seg.measure import to_anndata
 
 NAMES = ["HH3 (89)", "CD3"]
 
@@ -79,7 +84,12 @@ def test_anndata_in_store(tmp_path, version, zarr_format) -> None:
     assert back.obsp["spatial_distances"][0, 3] == 3.0
     group = zarr.open_group(str(store / "tables" / "cells"))
     assert group.metadata.zarr_format == zarr_format
-    assert group.attrs["spatialdata_attrs"]["instance_key"] == "cell_id"
+    # SpatialData's table conventions: attributes in uns and on the group.
+    expected = {"region": "cells", "region_key": "region", "instance_key": "cell_id"}
+    assert back.uns["spatialdata_attrs"] == expected
+    assert {k: group.attrs[k] for k in expected} == expected
+    assert group.attrs["spatialdata-encoding-type"] == "ngff:regions_table"
+    assert back.obs["region"].dtype == "category" and set(back.obs["region"]) == {"cells"}
     with pytest.raises(OutputExistsError):
         write_anndata_zarr(adata, store, "cells", region="labels/cells")
     write_anndata_zarr(adata[:2].copy(), store, "cells", region="labels/cells", overwrite=True)
@@ -88,14 +98,31 @@ def test_anndata_in_store(tmp_path, version, zarr_format) -> None:
         read_anndata_zarr(store, "other")
 
 
-def test_steinbock_columns(tmp_path) -> None:
-    table = _table()
-    frames = steinbock_frames(table, NAMES, _edges(), pixel_size_um=0.5)
-    paths = write_steinbock(tmp_path / "sb", *frames)
-    intensities = pd.read_csv(paths["steinbock_intensities"])
-    assert list(intensities.columns) == ["Object", *NAMES]
-    regionprops = pd.read_csv(paths["steinbock_regionprops"])
-    assert list(regionprops.columns[:4]) == ["Object", "area", "centroid-0", "centroid-1"]
-    neighbors = pd.read_csv(paths["steinbock_neighbors"])
-    # Two centroid edges, listed in both directions, distances in px.
-    assert neighbors.values.tolist() == [[1, 4, 6.0], [2, 3, 4.0], [3, 2, 4.0], [4, 1, 6.0]]
+def test_parquet_metadata_and_units(tmp_path) -> None:
+    table = _table().rename(columns={"area": "area_px"})
+    table["area_um2"] = table["area_px"] * 0.25
+    config = {"cluster": {"kubernetes": {"env": {"AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI"}}}}
+    metadata = table_metadata(table, pixel_size_um=0.5, source_image="/data/fov.ome.zarr",
+                              labels="labels/cells", config=config)
+    path = write_parquet(table, tmp_path / "cells.parquet", metadata=metadata)
+    stored = read_parquet_metadata(path)
+    assert stored["tiled_seg.pixel_size_um"] == "0.5"
+    assert stored["tiled_seg.source_image"] == "/data/fov.ome.zarr"
+    assert stored["tiled_seg.version"] == __version__
+    units = json.loads(stored["tiled_seg.units"])
+    assert units["area_px"] == "pixel" and units["area_um2"] == "micrometer^2"
+    assert units["centroid_x_um"] == "micrometer"
+    assert "wJalrXUtnFEMI" not in stored["tiled_seg.config"]
+    # pandas' own metadata is kept: the frame reads back unchanged.
+    pd.testing.assert_frame_equal(read_parquet(path), table)
+
+
+def test_no_consolidated_metadata_warning(tmp_path) -> None:
+    store = tmp_path / "s.ome.zarr"
+    write_image(store, np.zeros((2, 8, 8), np.uint8), NAMES, 1.0, ngff_version="0.5")
+    adata = to_anndata(_table(), NAMES, "labels/cells", _edges(), None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        write_anndata_zarr(adata, store, "cell_table", region="cells")
+        read_anndata_zarr(store, "cell_table")
+        zarr.open_group(str(store / "tables" / "cell_table"), mode="r")

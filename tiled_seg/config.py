@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tiled_seg.errors import ConfigError
+from tiled_seg.io.tables import DEFAULT_TABLE
 
 __all__ = [
     "PanelConfig",
@@ -145,7 +146,7 @@ class OutputConfig(_Section):
 
     cells: str = "cells"
     nuclei: str = "nuclei"
-    table: str = "cells"
+    table: str = DEFAULT_TABLE
 
     @field_validator("cells", "nuclei", "table")
     @classmethod

@@ -118,3 +118,7 @@ class ResumeError(TiledSegError):
 
 class RunLockedError(TiledSegError):
     """Another run is writing the same output store."""
+
+
+class DependencyError(TiledSegError, ImportError):
+    """An optional package a command needs is not installed."""

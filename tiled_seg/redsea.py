@@ -65,6 +65,7 @@ import zarr
 from scipy import sparse
 
 from tiled_seg.errors import AxesError, ConfigError, InputNotFoundError
+from tiled_seg.io.tables import DEFAULT_TABLE
 
 __all__ = [
     "REDSEA_SUFFIX",
@@ -312,7 +313,7 @@ def redsea_arrays(
 
 def compensate_store(
     store: str | Path,
-    table: str = "cells",
+    table: str = DEFAULT_TABLE,
     labels: str = "cells",
     channels: Sequence[str] | None = None,
     *,

@@ -15,7 +15,7 @@ from tiled_seg._cli import catch_errors, main
     help="Nucleus label image for compartment means (skipped when absent); '' to skip.",
 )
 @click.option("--channels", default=None, help="Comma-separated channel names (default: all).")
-@click.option("--table", "table_name", default="cells", show_default=True,
+@click.option("--table", "table_name", default="cell_table", show_default=True,
               help="Name of the table under tables/.")
 @click.option("--table-name", "table_name", hidden=True)
 @click.option("--distance-um", default=20.0, show_default=True, type=float,

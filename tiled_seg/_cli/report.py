@@ -12,7 +12,7 @@ from tiled_seg._cli import catch_errors, main
 @click.option("--output", "output", default=None,
               help="HTML file to write [default: STORE.report/index.html].")
 @click.option("--out", "output", hidden=True)
-@click.option("--table", default="cells", show_default=True, help="Cell table under tables/.")
+@click.option("--table", default="cell_table", show_default=True, help="Cell table under tables/.")
 @click.option("--labels", default="cells", show_default=True, help="Label image under labels/.")
 @click.option("--pair", "pairs", multiple=True, metavar="A/B",
               help="Mutually exclusive markers, both in the table (repeatable) "

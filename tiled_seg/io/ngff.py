@@ -17,7 +17,9 @@ from typing import Any, Literal, Mapping, Sequence
 import dask.array as da
 import numpy as np
 import zarr
+from scipy import ndimage
 
+from tiled_seg import __version__
 from tiled_seg.errors import (
     AxesError,
     ChannelError,
@@ -42,6 +44,7 @@ __all__ = [
     "pyramid_shapes",
     "check_pixel_size_um",
     "find_unreadable_block",
+    "link_image",
     "NGFFVersion",
 ]
 
@@ -350,8 +353,23 @@ def _create_group(path: str, version: NGFFVersion, overwrite: bool) -> zarr.Grou
     return zarr.open_group(path, mode="w", zarr_format=3 if version == "0.5" else 2)
 
 
+#: Downsampling of each kind of pyramid, recorded as the multiscales ``type``
+#: and ``metadata``. Both sample level k at full-resolution pixels
+#: ``(2^k i, 2^k j)``, so an image pixel and its label pixel coincide at every
+#: level and no translation is needed.
+DOWNSAMPLING = {
+    "image": (
+        "triangle",
+        "(1/4, 1/2, 1/4) filter in y and x, then every other pixel: an "
+        "anti-aliased level centred on the pixels the label levels keep",
+    ),
+    "labels": ("nearest", "every other pixel in y and x: no label id is invented"),
+}
+
+
 def _multiscales(
-    name: str, axes: list[str], pixel_size_um: float | None, n_levels: int, version: str
+    name: str, axes: list[str], pixel_size_um: float | None, n_levels: int, version: str,
+    kind: Literal["image", "labels"] = "image",
 ) -> dict[str, Any]:
     unit_axes = []
     for a in axes:
@@ -366,7 +384,12 @@ def _multiscales(
         datasets.append(
             {"path": str(level), "coordinateTransformations": [{"type": "scale", "scale": scale}]}
         )
-    multiscale: dict[str, Any] = {"name": name, "axes": unit_axes, "datasets": datasets}
+    method, description = DOWNSAMPLING[kind]
+    multiscale: dict[str, Any] = {
+        "name": name, "axes": unit_axes, "datasets": datasets, "type": method,
+        "metadata": {"description": description, "method": "tiled_seg.io.ngff",
+                     "version": __version__},
+    }
     if version == "0.4":
         multiscale["version"] = "0.4"
     return multiscale
@@ -379,17 +402,26 @@ def _set_ome(group: zarr.Group, content: dict[str, Any], version: str) -> None:
         group.attrs.update(content)
 
 
-def _downsample_mean(level: da.Array) -> da.Array:
-    """Halve y and x of a ``(C, Y, X)`` array by 2x2 means, keeping the dtype."""
-    padded = da.pad(
-        level,
-        ((0, 0), (0, level.shape[1] % 2), (0, level.shape[2] % 2)),
-        mode="edge",
-    )
-    reduced = da.coarsen(np.mean, padded.astype(np.float64), {1: 2, 2: 2}, trim_excess=True)
+def _triangle_block(block: np.ndarray) -> np.ndarray:
+    smoothed = block.astype(np.float64)
+    for axis in (1, 2):
+        smoothed = ndimage.correlate1d(smoothed, [0.25, 0.5, 0.25], axis=axis, mode="nearest")
+    return smoothed
+
+
+def _downsample_image(level: da.Array) -> da.Array:
+    """Halve y and x of a ``(C, Y, X)`` array on the label pyramid's grid, keeping the dtype.
+
+    A (1/4, 1/2, 1/4) filter then every other pixel: level pixel ``i`` is
+    centred on input pixel ``2 i``, the pixel :func:`_downsample_nearest`
+    keeps, and a linear ramp keeps its values.
+    """
+    smoothed = level.map_overlap(
+        _triangle_block, depth={0: 0, 1: 1, 2: 1}, boundary="nearest", dtype=np.float64
+    )[:, ::2, ::2]
     if np.issubdtype(level.dtype, np.integer):
-        reduced = da.round(reduced)
-    return reduced.astype(level.dtype)
+        smoothed = da.round(smoothed)
+    return smoothed.astype(level.dtype)
 
 
 def _chunk_aligned(array: da.Array, chunk_px: int) -> bool:
@@ -475,28 +507,23 @@ def write_image(
     group = _create_group(path, ngff_version, overwrite)
     level = da.asarray(data).rechunk((1, chunk_px, chunk_px))
     shapes = pyramid_shapes(level.shape[1:], chunk_px)
+    # Display windows from the finest level small enough to read whole.
+    sample_index = next((i for i, (y, x) in enumerate(shapes) if y * x <= WINDOW_SAMPLE_PX),
+                        len(shapes) - 1)
     for index in range(len(shapes)):
         if index:
-            level = _downsample_mean(level).rechunk((1, chunk_px, chunk_px))
+            level = _downsample_image(level).rechunk((1, chunk_px, chunk_px))
         target = group.create_array(
             str(index), shape=level.shape, chunks=(1, chunk_px, chunk_px), dtype=level.dtype,
             fill_value=0, **_dimension_kwargs(["c", "y", "x"], ngff_version),
         )
         da.store(level, target, lock=False)
         level = da.from_zarr(target)
-    top = float(np.iinfo(level.dtype).max) if np.issubdtype(level.dtype, np.integer) else 1.0
+        if index == sample_index:
+            sample = level
     omero = {
-        "channels": [
-            {
-                **more,
-                "label": n,
-                "color": "FFFFFF",
-                "active": True,
-                "window": {"start": 0.0, "end": top, "min": 0.0, "max": top},
-            }
-            for n, more in zip(names, extra)
-        ],
-        "rdefs": {"model": "greyscale"},
+        "channels": _omero_channels(names, extra, sample),
+        "rdefs": {"model": "color", "defaultZ": 0, "defaultT": 0},
     }
     if ngff_version == "0.4":
         omero["version"] = "0.4"
@@ -506,6 +533,63 @@ def write_image(
     }
     _set_ome(group, content, ngff_version)
     return group
+
+
+#: Distinct channel colours (hex RGB), cycled when there are more channels.
+CHANNEL_COLOURS = (
+    "0000FF", "00FF00", "FF0000", "FFFF00", "FF00FF", "00FFFF", "FF8000", "8000FF",
+    "00FF80", "FF0080", "80FF00", "0080FF", "FFFFFF",
+)
+
+#: Channels shown when a viewer opens the image; the rest are listed, off.
+ACTIVE_CHANNELS = 3
+
+#: Largest pyramid level (y x px) the display windows are computed on; finer
+#: levels are skipped, coarser ones are smoothed (their tails are shorter).
+WINDOW_SAMPLE_PX = 4_000_000
+
+#: Percentiles of the display window ``start`` and ``end``.
+WINDOW_PERCENTILES = (0.1, 99.9)
+
+
+def display_windows(sample: np.ndarray | da.Array) -> list[dict[str, float]]:
+    """``omero`` display windows of each channel of a ``(C, Y, X)`` sample, read one channel at a time.
+
+    ``start`` and ``end`` are the 0.1th and 99.9th percentiles (the contrast
+    a viewer opens with), ``min`` and ``max`` the sample's range.
+
+    >>> display_windows(np.arange(2000.0).reshape(1, 40, 50))[0]["end"]
+    1997.001
+    """
+    windows = []
+    for index in range(sample.shape[0]):
+        channel = np.asarray(sample[index], dtype=np.float64)
+        low, high = np.percentile(channel, WINDOW_PERCENTILES)
+        # A constant channel still needs a window a viewer can draw.
+        end = float(high) if high > low else float(low) + 1.0
+        windows.append({"start": round(float(low), 3), "end": round(end, 3),
+                        "min": float(channel.min()), "max": max(float(channel.max()), end)})
+    return windows
+
+
+def _omero_channels(
+    names: list[str], extra: list[Mapping[str, Any]], sample: da.Array
+) -> list[dict[str, Any]]:
+    """``omero`` channel records: windows from a ``(C, Y, X)`` sample level, distinct colours, a few active."""
+    windows = display_windows(sample)
+    return [
+        {
+            **more,
+            "label": n,
+            "color": CHANNEL_COLOURS[i % len(CHANNEL_COLOURS)],
+            "active": i < ACTIVE_CHANNELS,
+            "coefficient": 1.0,
+            "family": "linear",
+            "inverted": False,
+            "window": window,
+        }
+        for i, (n, more, window) in enumerate(zip(names, extra, windows))
+    ]
 
 
 def _dimension_kwargs(axes: list[str], version: str) -> dict[str, Any]:
@@ -596,18 +680,58 @@ def write_labels(
         # Blocks of 2 x (whole chunks) halve into whole chunks: no rechunk, no
         # transfers, and about one task per block, not per chunk.
         level = da.from_zarr(target, chunks=(2 * block_px, 2 * block_px))
-    image_label: dict[str, Any] = {"source": {"image": _source_link(root, store, name)}}
+    # The image is always in the same store (a separate output links it, see link_image).
+    image_label: dict[str, Any] = {"source": {"image": "../../"}}
     if properties:
         image_label["properties"] = list(properties)
     if version == "0.4":
         image_label["version"] = "0.4"
     content = {
-        "multiscales": [_multiscales(name, ["y", "x"], pixel_size_um, len(shapes), version)],
+        "multiscales": [
+            _multiscales(name, ["y", "x"], pixel_size_um, len(shapes), version, kind="labels")
+        ],
         "image-label": image_label,
     }
     _set_ome(group, content, version)
     _set_ome(labels_group, {"labels": sorted(set(existing) | {name})}, version)
     return group
+
+
+def link_image(image: str | Path, store: str | Path) -> None:
+    """Make the zarr group ``store`` an image store of the multiscale image ``image``.
+
+    ``store`` gets the image's NGFF metadata (``multiscales``, ``omero``) and
+    its pyramid levels: symbolic links to the input's level arrays when both
+    are local paths (no copy; the input is never written through them), a
+    chunk-by-chunk copy when either is a URL. Readers then find the image and
+    its labels in the one store, as NGFF requires of a ``labels`` group.
+
+    Parameters
+    ----------
+    image : str or Path
+        The input image group (the one holding ``multiscales``).
+    store : str or Path
+        An empty zarr group of the same zarr format.
+    """
+    image, store = str(image).rstrip("/"), str(store).rstrip("/")
+    source = _open_group(image)
+    attrs, version = _ome_attrs(source)
+    target = zarr.open_group(store, mode="a")
+    paths = [d["path"] for d in attrs["multiscales"][0]["datasets"]]
+    for path in paths:
+        if is_url(image) or is_url(store):
+            level = source[path]
+            names = attrs["multiscales"][0].get("axes", [])
+            copy = target.create_array(
+                path, shape=level.shape, chunks=level.chunks, dtype=level.dtype,
+                fill_value=level.fill_value,
+                **_dimension_kwargs(_axis_names(names), "0.4" if version == "0.4" else "0.5"),
+            )
+            da.store(da.from_zarr(level), copy, lock=False)
+        else:
+            os.symlink(Path(image, path).resolve(), Path(store, path), target_is_directory=True)
+    kept = {k: attrs[k] for k in ("multiscales", "omero") if k in attrs}
+    _set_ome(target, kept, "0.4" if version == "0.4" else "0.5")
 
 
 def find_unreadable_block(array: da.Array) -> tuple[tuple[int, int], ...] | None:
@@ -627,21 +751,6 @@ def find_unreadable_block(array: da.Array) -> tuple[tuple[int, int], ...] | None
         except Exception:  # any failure to load marks the block; the caller keeps the cause
             return tuple((int(e[i]), int(e[i + 1])) for e, i in zip(edges, index))
     return None
-
-
-def _source_link(root: zarr.Group, store: str, name: str) -> str:
-    """The ``image-label`` source of ``store/labels/name``: the image it labels.
-
-    Labels beside their image link to ``../../``. A separate output store
-    (``tiled-seg run --output``) records its input in the ``tiled_seg.source``
-    attribute; its labels link there, relative where both are local paths.
-    """
-    source = root.attrs.get("tiled_seg", {}).get("source")
-    if not source:
-        return "../../"
-    if is_url(source) or is_url(store):
-        return str(source)
-    return os.path.relpath(Path(source).resolve(), (Path(store) / "labels" / name).resolve())
 
 
 def label_array(store: str | Path, name: str, level: int = 0) -> zarr.Array:

@@ -1,34 +1,49 @@
-"""Write and read single-cell tables: Parquet, AnnData (zarr / h5ad), steinbock CSV.
+"""Write and read single-cell tables: Parquet and AnnData (zarr / h5ad).
 
-The AnnData goes into ``<store>/tables/<name>`` in the SpatialData layout: an
-AnnData zarr group with ``spatialdata_attrs`` that point at the label image
-(``region``), the obs column naming it (``region_key``) and the obs column
-with the label ids (``instance_key``). It is written in the zarr format of the
+The AnnData goes into ``<store>/tables/<name>`` as a SpatialData table: an
+AnnData zarr group whose ``uns['spatialdata_attrs']`` (and group attributes,
+as SpatialData's writer sets them) point at the label element (``region``),
+the obs column naming it (``region_key``) and the obs column with the label
+ids (``instance_key``). It is written in the zarr format of the
 store (v3 for NGFF 0.5, v2 for NGFF 0.4) so that the hierarchy stays one
 format.
 """
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import anndata as ad
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import zarr
 
+from tiled_seg import __version__
+from tiled_seg._redact import redact_secrets
 from tiled_seg.errors import InputNotFoundError, OutputExistsError
-from tiled_seg.io._fs import exists, is_url, remove_tree
+from tiled_seg.io._fs import exists, filesystem, is_url, remove_tree
 
 __all__ = [
+    "DEFAULT_TABLE",
     "write_parquet",
     "read_parquet",
+    "read_parquet_metadata",
+    "table_metadata",
+    "column_units",
     "write_anndata_zarr",
+    "spatialdata_table",
     "read_anndata_zarr",
-    "write_steinbock",
     "list_tables",
 ]
+
+
+#: Default name of the cell table: SpatialData names elements uniquely across
+#: images, labels and tables, so it must differ from the label name ``cells``.
+DEFAULT_TABLE = "cell_table"
 
 
 def _check_free(path: str | Path, overwrite: bool) -> None:
@@ -38,13 +53,94 @@ def _check_free(path: str | Path, overwrite: bool) -> None:
         remove_tree(path)
 
 
-def write_parquet(table: pd.DataFrame, path: str | Path, *, overwrite: bool = False) -> str:
-    """Write ``table`` (one row per cell) to a Parquet file (path or URL); return its path."""
+def column_units(columns: list[str]) -> dict[str, str]:
+    """Unit of each column that names one by its suffix (``_px``, ``_um``, ``_um2``).
+
+    >>> column_units(["cell_id", "area_px", "area_um2", "centroid_x_um"])
+    {'area_px': 'pixel', 'area_um2': 'micrometer^2', 'centroid_x_um': 'micrometer'}
+    """
+    suffixes = {"_px": "pixel", "_px2": "pixel^2", "_um": "micrometer", "_um2": "micrometer^2"}
+    units = {}
+    for column in columns:
+        for suffix, unit in suffixes.items():
+            if str(column).endswith(suffix):
+                units[str(column)] = unit
+    return units
+
+
+def table_metadata(
+    table: pd.DataFrame,
+    *,
+    pixel_size_um: float | None = None,
+    source_image: str | None = None,
+    labels: str | None = None,
+    config: Mapping[str, Any] | None = None,
+) -> dict[str, str]:
+    """Key-value metadata of a table file: what it measured, at what scale, by what.
+
+    Values are strings (JSON for structures), as Parquet stores them; the
+    configuration is recorded with its secrets redacted.
+    """
+    metadata = {
+        "tiled_seg.version": __version__,
+        "tiled_seg.units": json.dumps(column_units(list(table.columns))),
+    }
+    if pixel_size_um is not None:
+        metadata["tiled_seg.pixel_size_um"] = repr(float(pixel_size_um))
+    if source_image is not None:
+        metadata["tiled_seg.source_image"] = str(source_image)
+    if labels is not None:
+        metadata["tiled_seg.labels"] = str(labels)
+    if config is not None:
+        metadata["tiled_seg.config"] = json.dumps(redact_secrets(dict(config)))
+    return metadata
+
+
+def write_parquet(
+    table: pd.DataFrame,
+    path: str | Path,
+    *,
+    metadata: Mapping[str, str] | None = None,
+    overwrite: bool = False,
+) -> str:
+    """Write ``table`` (one row per cell) to a Parquet file (path or URL); return its path.
+
+    Parameters
+    ----------
+    table : DataFrame
+        One row per cell (or edge).
+    path : str or Path
+        Output file or URL.
+    metadata : mapping of str, optional
+        Key-value metadata of the file (see :func:`table_metadata`), kept
+        beside pandas' own schema metadata.
+    overwrite : bool
+        Replace an existing file.
+    """
     _check_free(path, overwrite)
     if not is_url(path):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-    table.to_parquet(str(path), index=False)
+    arrow = pa.Table.from_pandas(table, preserve_index=False)
+    if metadata:
+        merged = dict(arrow.schema.metadata or {})
+        merged.update({k.encode(): str(v).encode() for k, v in metadata.items()})
+        arrow = arrow.replace_schema_metadata(merged)
+    fs, inner = filesystem(path)
+    with fs.open(inner, "wb") as handle:
+        pq.write_table(arrow, handle)
     return str(path)
+
+
+def read_parquet_metadata(path: str | Path) -> dict[str, str]:
+    """The ``tiled_seg.*`` key-value metadata of a Parquet file written by :func:`write_parquet`."""
+    fs, inner = filesystem(path)
+    with fs.open(inner, "rb") as handle:
+        schema = pq.read_schema(handle)
+    return {
+        k.decode(): v.decode()
+        for k, v in (schema.metadata or {}).items()
+        if k.startswith(b"tiled_seg.")
+    }
 
 
 def read_parquet(path: str | Path) -> pd.DataFrame:
@@ -65,6 +161,45 @@ def list_tables(store: str | Path) -> list[str]:
         return sorted(name for name, _ in root["tables"].groups())
 
 
+#: SpatialData's table format version by zarr format (its TablesFormatV01 and V02).
+SPATIALDATA_TABLE_VERSION = {2: "0.1", 3: "0.2"}
+
+
+def spatialdata_table(
+    adata: ad.AnnData, region: str, region_key: str = "region", instance_key: str = "cell_id"
+) -> ad.AnnData:
+    """A copy of ``adata`` annotating the label element ``region`` as SpatialData expects.
+
+    ``uns['spatialdata_attrs']`` names the region, the obs column holding it
+    (categorical) and the obs column of label ids (integers, the label
+    values); ``uns['config']`` loses its secrets.
+
+    Parameters
+    ----------
+    adata : AnnData
+        One row per cell; ``obs[instance_key]`` holds the label ids.
+    region : str
+        The label element the rows annotate: its name (``"cells"``);
+        a store path (``"labels/cells"``) is reduced to the name.
+    region_key, instance_key : str
+        obs columns of the region and of the label ids.
+    """
+    element = region.rsplit("/", 1)[-1]
+    # A shallow copy: new obs and uns, the (large) matrices shared with ``adata``.
+    table = ad.AnnData(
+        X=adata.X, obs=adata.obs.copy(), var=adata.var, uns=dict(adata.uns),
+        obsm=dict(adata.obsm), obsp=dict(adata.obsp), layers=dict(adata.layers),
+    )
+    table.obs[region_key] = pd.Categorical([element] * table.n_obs, categories=[element])
+    table.obs[instance_key] = table.obs[instance_key].astype("int64")
+    table.uns["spatialdata_attrs"] = {
+        "region": element, "region_key": region_key, "instance_key": instance_key,
+    }
+    if "config" in table.uns:
+        table.uns["config"] = redact_secrets(dict(table.uns["config"]))
+    return table
+
+
 def write_anndata_zarr(
     adata: ad.AnnData,
     store: str | Path,
@@ -75,18 +210,26 @@ def write_anndata_zarr(
     instance_key: str = "cell_id",
     overwrite: bool = False,
 ) -> str:
-    """Write ``adata`` to ``<store>/tables/<name>`` with SpatialData attributes.
+    """Write ``adata`` to ``<store>/tables/<name>`` as a SpatialData table.
+
+    The table is :func:`spatialdata_table` of ``adata``; its group carries
+    the attributes SpatialData's writer sets (``spatialdata-encoding-type``,
+    ``region``, ``region_key``, ``instance_key``, ``version``), and no
+    consolidated metadata, which zarr v3 does not specify (readers would
+    warn on every open).
 
     Parameters
     ----------
     adata : AnnData
-        Its ``obs`` holds ``region_key`` and ``instance_key`` columns.
+        Its ``obs`` holds the ``instance_key`` column.
     store : str or Path
         An existing zarr store (the OME-NGFF image store).
     name : str
         Table name.
     region : str
-        Element the rows annotate, e.g. ``"labels/cells"``.
+        Label element the rows annotate, e.g. ``"cells"`` (or ``"labels/cells"``).
+    region_key, instance_key : str
+        obs columns of the region and of the label ids.
     overwrite : bool
         Replace an existing table of that name.
 
@@ -105,15 +248,18 @@ def write_anndata_zarr(
         del tables[name]
     path = f"{str(store).rstrip('/')}/tables/{name}"
     zarr_format = root.metadata.zarr_format
-    # Unsharded chunks, as the images and labels of the store are written.
+    table = spatialdata_table(adata, region, region_key, instance_key)
+    # Unsharded chunks, as the images and labels of the store are written;
+    # written as an element (as SpatialData's writer does), not with
+    # ``write_zarr``, which consolidates metadata that zarr v3 does not specify.
     with ad.settings.override(zarr_write_format=zarr_format, auto_shard_zarr_v3=False):
-        adata.write_zarr(path)
-    group = zarr.open_group(path, mode="a")
-    group.attrs["spatialdata_attrs"] = {
-        "region": region,
-        "region_key": region_key,
-        "instance_key": instance_key,
-    }
+        ad.io.write_elem(tables, name, table)
+    group = tables[name]
+    group.attrs.update({
+        "spatialdata-encoding-type": "ngff:regions_table",
+        **table.uns["spatialdata_attrs"],
+        "version": SPATIALDATA_TABLE_VERSION[zarr_format],
+    })
     return path
 
 
@@ -125,46 +271,3 @@ def read_anndata_zarr(store: str | Path, name: str) -> ad.AnnData:
             f"{', '.join(list_tables(store)) or 'none'}. Run `tiled-seg measure` first."
         )
     return ad.read_zarr(f"{str(store).rstrip('/')}/tables/{name}")
-
-
-def write_steinbock(
-    directory: str | Path,
-    intensities: pd.DataFrame,
-    regionprops: pd.DataFrame,
-    neighbors: pd.DataFrame,
-    *,
-    overwrite: bool = False,
-) -> dict[str, str]:
-    """Write steinbock-style ``intensities.csv``, ``regionprops.csv``, ``neighbors.csv``.
-
-    Parameters
-    ----------
-    directory : str or Path
-        Output folder, created if needed.
-    intensities : DataFrame
-        ``Object`` (cell id) then one mean-intensity column per channel.
-    regionprops : DataFrame
-        ``Object`` then skimage-named properties (``area``, ``centroid-0``,
-        ``centroid-1``, ``axis_major_length``, ...; px units as in steinbock).
-    neighbors : DataFrame
-        ``Object``, ``Neighbor``, ``Distance`` (px), one row per direction.
-
-    Returns
-    -------
-    dict of str
-        Path of each written file by kind.
-    """
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    paths: dict[str, str] = {}
-    frames: dict[str, Any] = {
-        "intensities": intensities,
-        "regionprops": regionprops,
-        "neighbors": neighbors,
-    }
-    for kind, frame in frames.items():
-        path = directory / f"{kind}.csv"
-        _check_free(path, overwrite)
-        frame.to_csv(path, index=False)
-        paths[f"steinbock_{kind}"] = str(path)
-    return paths

@@ -30,7 +30,7 @@ from tiled_seg.measure._store import (
     measure_arrays,
     measure_store,
 )
-from tiled_seg.measure._table import cell_table, link_nuclei, steinbock_frames, to_anndata
+from tiled_seg.measure._table import cell_table, link_nuclei, to_anndata
 
 __all__ = [
     "MeasureResult",
@@ -59,5 +59,4 @@ __all__ = [
     "cell_table",
     "link_nuclei",
     "to_anndata",
-    "steinbock_frames",
 ]

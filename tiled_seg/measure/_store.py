@@ -14,18 +14,20 @@ from tiled_seg.errors import AxesError, ChannelError, ConfigError, OutputExistsE
 from tiled_seg.io._fs import exists, join
 from tiled_seg.io.ngff import label_array, list_labels, open_slide
 from tiled_seg.io.tables import (
+    DEFAULT_TABLE,
     list_tables,
+    table_metadata,
     write_anndata_zarr,
     write_parquet,
-    write_steinbock,
 )
 from tiled_seg.blocks import Progress
 from tiled_seg.io.regions import RegionReader
+from tiled_seg.io.steinbock import image_name, steinbock_tables, write_steinbock
 from tiled_seg.measure._blocks import BlockMeasurements, MeasureJob
 from tiled_seg.measure._distributed import hull_features, measure_blocks
 from tiled_seg.measure._morphology import MORPHOLOGIES
 from tiled_seg.measure._neighbours import centroid_pairs
-from tiled_seg.measure._table import cell_table, steinbock_frames, to_anndata
+from tiled_seg.measure._table import cell_table, to_anndata
 from tiled_seg.tiling import BLOCK_PX, plan_blocks
 
 __all__ = [
@@ -194,7 +196,7 @@ def measure_store(
     nuclei: str | None = "nuclei",
     channels: Sequence[str] | None = None,
     pixel_size_um: float | None = None,
-    table_name: str = "cells",
+    table_name: str = DEFAULT_TABLE,
     distance_um: float = 20.0,
     outputs: Sequence[str] = OUTPUTS,
     *,
@@ -236,7 +238,9 @@ def measure_store(
     h5ad : str or Path, optional
         Also write the AnnData there.
     steinbock_dir : str or Path, optional
-        Also write steinbock CSVs (intensities, regionprops, neighbors) there.
+        Also export to this steinbock folder: ``intensities/<img>.csv``,
+        ``regionprops/<img>.csv``, ``neighbors/<img>.csv``, ``panel.csv``,
+        ``<img>`` the store's name (see :mod:`tiled_seg.io.steinbock`).
     connectivity : {1, 2}
         Pixel contact rule of the touching graph (4- or 8-connectivity).
     neighbours : {"centroids", "borders"}
@@ -303,9 +307,15 @@ def measure_store(
     edges = edge_table(measured, table, slide.pixel_size_um, distance_um, neighbours)
     paths: dict[str, str] = {}
     if "parquet" in outputs:
-        paths["parquet"] = write_parquet(table, planned["parquet"], overwrite=overwrite)
+        provenance = dict(pixel_size_um=slide.pixel_size_um, source_image=slide.path,
+                          labels=f"labels/{labels}", config=config)
+        paths["parquet"] = write_parquet(
+            table, planned["parquet"], metadata=table_metadata(table, **provenance),
+            overwrite=overwrite,
+        )
         paths["neighbours"] = write_parquet(
-            edges, join(tables_dir, f"{table_name}_neighbours.parquet"), overwrite=overwrite
+            edges, join(tables_dir, f"{table_name}_neighbours.parquet"),
+            metadata=table_metadata(edges, **provenance), overwrite=overwrite,
         )
     adata = None
     if "anndata" in outputs or h5ad is not None:
@@ -324,10 +334,10 @@ def measure_store(
         adata.write_h5ad(target)
         paths["h5ad"] = str(target)
     if steinbock_dir is not None:
-        frames = steinbock_frames(
+        frames = steinbock_tables(
             table, names, edges, slide.pixel_size_um, distance_kind=_EDGE_KIND[neighbours]
         )
-        paths.update(write_steinbock(steinbock_dir, *frames, overwrite=overwrite))
+        paths.update(write_steinbock(steinbock_dir, image_name(store), frames, overwrite=overwrite))
     return MeasureResult(
         paths=paths,
         n_cells=len(table),

@@ -1,4 +1,4 @@
-"""Turn merged per-cell sums into the cell table, and the table into AnnData / steinbock frames."""
+"""Turn merged per-cell sums into the cell table, and the table into AnnData."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from scipy import sparse
 
 from tiled_seg.measure._morphology import moment_features
 
-__all__ = ["cell_table", "link_nuclei", "to_anndata", "steinbock_frames"]
+__all__ = ["cell_table", "link_nuclei", "to_anndata"]
 
 #: Column suffixes of the per-channel values other than the mean.
 SUM_SUFFIX, NUCLEAR_SUFFIX, CYTOPLASM_SUFFIX = "_sum", "_nuclear", "_cytoplasm"
@@ -190,47 +190,3 @@ def to_anndata(
     if uns:
         adata.uns["config"] = dict(uns)
     return adata
-
-
-def steinbock_frames(
-    table: pd.DataFrame,
-    channel_names: Sequence[str],
-    edges: pd.DataFrame,
-    pixel_size_um: float,
-    *,
-    distance_kind: str = "centroid",
-) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Intensities, regionprops and neighbours frames in steinbock's conventions.
-
-    steinbock works in px: regionprops use skimage's names (``centroid-0`` is
-    y), neighbours are the distance graph (edges of kind ``distance_kind``:
-    ``centroid`` or ``border``) with ``Distance`` in px, listed once per
-    direction.
-    """
-    intensities = pd.DataFrame({"Object": table["cell_id"]})
-    for name in channel_names:
-        intensities[name] = table[name]
-    renames = {
-        "area_px": "area",
-        "centroid_y_px": "centroid-0",
-        "centroid_x_px": "centroid-1",
-        "major_axis_length_px": "axis_major_length",
-        "minor_axis_length_px": "axis_minor_length",
-        "eccentricity": "eccentricity",
-        "perimeter_px": "perimeter",
-        "solidity": "solidity",
-    }
-    regionprops = pd.DataFrame({"Object": table["cell_id"]})
-    for source, target in renames.items():
-        if source in table.columns:
-            regionprops[target] = table[source]
-    graph = edges[edges["kind"] == distance_kind]
-    distance_px = graph["distance_um"].to_numpy() / pixel_size_um
-    neighbors = pd.DataFrame(
-        {
-            "Object": np.r_[graph["cell_a"].to_numpy(), graph["cell_b"].to_numpy()],
-            "Neighbor": np.r_[graph["cell_b"].to_numpy(), graph["cell_a"].to_numpy()],
-            "Distance": np.r_[distance_px, distance_px],
-        }
-    ).sort_values(["Object", "Neighbor"], ignore_index=True)
-    return intensities, regionprops, neighbors

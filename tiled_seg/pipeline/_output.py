@@ -19,6 +19,7 @@ from typing import Any
 import zarr
 
 from tiled_seg import __version__
+from tiled_seg._redact import redact_secrets
 from tiled_seg._manifest import (
     TileResult,
     check_scratch,
@@ -30,7 +31,7 @@ from tiled_seg._manifest import (
 from tiled_seg.config import RunConfig
 from tiled_seg.errors import OutputExistsError, OutputNotWritableError, ResumeError, TiledSegError
 from tiled_seg.io._fs import exists, is_url, remove_tree, same_location
-from tiled_seg.io.ngff import Slide, list_labels
+from tiled_seg.io.ngff import Slide, link_image, list_labels
 from tiled_seg.normalize import SlideStats
 from tiled_seg.tiling import TileGrid
 
@@ -153,9 +154,9 @@ def _prepare_output(
         remove_tree(store)
         version = slide.ngff_version
         group = zarr.open_group(store, mode="w", zarr_format=3 if version == "0.5" else 2)
-        if version == "0.5":
-            group.attrs["ome"] = {"version": "0.5"}
         group.attrs["tiled_seg"] = {"source": slide.path}
+        # A valid image store: its labels' parent must be the multiscale image.
+        link_image(slide.path, store)
     return store
 
 
@@ -199,7 +200,7 @@ def start_output(
             "status": "running",
             "version": __version__,
             "started": _dt.datetime.now(_dt.timezone.utc).isoformat(),
-            "config": config.model_dump(mode="json"),
+            "config": redact_secrets(config.model_dump(mode="json")),
             "input_key": input_key,
             "writes": list(names),
         })

@@ -24,7 +24,7 @@ from tiled_seg.coexpression import (
 )
 from tiled_seg.errors import ChannelError, InputNotFoundError, OutputExistsError
 from tiled_seg.io.ngff import Slide, open_slide, read_labels
-from tiled_seg.io.tables import read_parquet
+from tiled_seg.io.tables import DEFAULT_TABLE, read_parquet
 from tiled_seg.qc import density_per_mm2, slide_qc
 from tiled_seg.redsea import REDSEA_SUFFIX
 from tiled_seg.report import _figures as figs
@@ -194,7 +194,7 @@ def write_report(
     store: str | Path,
     out: str | Path | None = None,
     *,
-    table: str = "cells",
+    table: str = DEFAULT_TABLE,
     labels: str = "cells",
     pairs: Sequence[tuple[str, str]] | None = None,
     require_pairs: bool = True,
