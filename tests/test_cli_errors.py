@@ -142,7 +142,7 @@ def test_report_pair_with_an_absent_channel_is_an_error(tmp_path, slide):
     store = tmp_path / "measured.ome.zarr"
     make_slide(store, size=(64, 64), seed=1, chunk_px=32)
     measured = CliRunner().invoke(main, ["measure", str(store), "--labels", "gt_cells",
-                                         "--nuclei", "gt_nuclei", "--table", "cells"])
+                                         "--nuclei", "gt_nuclei"])
     assert measured.exit_code == 0, measured.output
     page = tmp_path / "page" / "index.html"
     line = _one_line_error(["report", str(store), "--labels", "gt_cells", "--output", str(page),
@@ -252,8 +252,10 @@ def test_choices_match_the_library():
     from tiled_seg._cli.report import report_cmd
     from tiled_seg.io.tables import DEFAULT_TABLE
 
-    for command in (measure_cmd, report_cmd):
-        (table,) = [p for p in command.params if p.name in ("table", "table_name")]
+    from tiled_seg._cli.export import spatialdata_cmd
+
+    for command in (measure_cmd, report_cmd, spatialdata_cmd):
+        (table,) = [p for p in command.params if p.name in ("table", "table_name") and not p.hidden]
         assert table.default == DEFAULT_TABLE
 
 

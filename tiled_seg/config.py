@@ -16,7 +16,6 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tiled_seg.errors import ConfigError
-from tiled_seg.io.tables import DEFAULT_TABLE
 
 __all__ = [
     "PanelConfig",
@@ -46,6 +45,11 @@ DEFAULT_EXCLUSIVE_PAIRS: tuple[tuple[str, str], ...] = (
     ("CD45", "PanKeratin"),
 )
 
+
+
+#: Default name of the cell table: SpatialData names elements uniquely across
+#: images, labels and tables, so it must differ from the label name ``cells``.
+DEFAULT_TABLE = "cell_table"
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)

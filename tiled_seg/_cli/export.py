@@ -5,8 +5,6 @@ from __future__ import annotations
 import click
 
 from tiled_seg._cli import catch_errors, main
-from tiled_seg.io.export_spatialdata import export_spatialdata
-from tiled_seg.io.tables import DEFAULT_TABLE
 
 
 @main.group("export")
@@ -17,11 +15,13 @@ def export_group() -> None:
 @export_group.command("spatialdata")
 @click.argument("store", type=click.Path())
 @click.argument("out", type=click.Path())
-@click.option("--table", default=DEFAULT_TABLE, show_default=True, help="Cell table under tables/.")
+@click.option("--table", default="cell_table", show_default=True, help="Cell table under tables/.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUT.")
 @catch_errors
 def spatialdata_cmd(store: str, out: str, table: str, overwrite: bool) -> None:
     """Write STORE as the SpatialData zarr store OUT (needs tiled-seg[spatialdata])."""
+    from tiled_seg.io.export_spatialdata import export_spatialdata
+
     result = export_spatialdata(store, out, table=table, overwrite=overwrite)
     click.echo(f"wrote {result.path}: image {result.image!r}, labels {list(result.labels)}, "
                f"table {result.table!r} annotating {result.region!r}")

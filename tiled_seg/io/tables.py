@@ -24,6 +24,7 @@ import zarr
 
 from tiled_seg import __version__
 from tiled_seg._redact import redact_secrets
+from tiled_seg.config import DEFAULT_TABLE
 from tiled_seg.errors import InputNotFoundError, OutputExistsError
 from tiled_seg.io._fs import exists, filesystem, is_url, remove_tree
 
@@ -41,9 +42,6 @@ __all__ = [
 ]
 
 
-#: Default name of the cell table: SpatialData names elements uniquely across
-#: images, labels and tables, so it must differ from the label name ``cells``.
-DEFAULT_TABLE = "cell_table"
 
 
 def _check_free(path: str | Path, overwrite: bool) -> None:
