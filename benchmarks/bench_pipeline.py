@@ -17,11 +17,13 @@ slide size.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shutil
 import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Iterator
 
 import psutil
 
@@ -63,10 +65,34 @@ class PeakMemory:
         self._thread.join()
 
 
-def bench(size: int, channels: int, workers: int, tile_px: int, folder: Path) -> dict[str, float]:
+def bench_slide(folder: Path, size: int, channels: int) -> Path:
+    """The synthetic ``size`` x ``size`` slide of ``channels`` in ``folder``, made once (not timed)."""
     path = folder / f"bench_{size}x{channels}.ome.zarr"
     if not path.exists():
         make_slide(path, size=(size, size), n_channels=channels, seed=1)
+    return path
+
+
+@contextlib.contextmanager
+def slide_folder(keep: Path | None) -> Iterator[Path]:
+    """``keep`` (created if needed and kept), or a temporary folder removed afterwards."""
+    folder = keep or Path(tempfile.mkdtemp(prefix="tiled_seg_bench_"))
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        yield folder
+    finally:
+        if keep is None:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def print_row(row: dict) -> None:
+    """One line of ``key=value`` figures, floats to 2 decimals."""
+    print(" ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
+          flush=True)
+
+
+def bench(size: int, channels: int, workers: int, tile_px: int, folder: Path) -> dict[str, float]:
+    path = bench_slide(folder, size, channels)
     config = RunConfig(measure=False).with_overrides(**{"tiling.tile_px": tile_px})
     with connect(workers=workers) as client:
         with PeakMemory() as memory:
@@ -95,16 +121,9 @@ def main() -> None:
     parser.add_argument("--tile-px", type=int, default=1024)
     parser.add_argument("--keep", type=Path, help="Keep slides in this folder.")
     args = parser.parse_args()
-    folder = args.keep or Path(tempfile.mkdtemp(prefix="tiled_seg_bench_"))
-    folder.mkdir(parents=True, exist_ok=True)
-    try:
+    with slide_folder(args.keep) as folder:
         for size in args.sizes:
-            row = bench(size, args.channels, args.workers, args.tile_px, folder)
-            print(" ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}"
-                           for k, v in row.items()), flush=True)
-    finally:
-        if args.keep is None:
-            shutil.rmtree(folder, ignore_errors=True)
+            print_row(bench(size, args.channels, args.workers, args.tile_px, folder))
 
 
 if __name__ == "__main__":

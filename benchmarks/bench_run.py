@@ -32,9 +32,7 @@ RSS of this process and its workers during the run.
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -42,7 +40,7 @@ import numpy as np
 from skimage.measure import regionprops_table
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_pipeline import PeakMemory  # noqa: E402
+from bench_pipeline import PeakMemory, bench_slide, print_row, slide_folder  # noqa: E402
 
 from tiled_seg.cluster import connect  # noqa: E402
 from tiled_seg.config import RunConfig  # noqa: E402
@@ -56,7 +54,6 @@ from tiled_seg.measure import (  # noqa: E402
     perimeter_partials,
 )
 from tiled_seg.pipeline import run  # noqa: E402
-from tiled_seg.synth import make_slide  # noqa: E402
 from tiled_seg.tiling import Box  # noqa: E402
 
 
@@ -73,9 +70,7 @@ def _our_morphology(labels: np.ndarray) -> None:
 
 
 def bench(size: int, channels: int, workers: int, tile_px: int, folder: Path, floors: bool) -> dict:
-    path = folder / f"bench_{size}x{channels}.ome.zarr"
-    if not path.exists():
-        make_slide(path, size=(size, size), n_channels=channels, seed=1)
+    path = bench_slide(folder, size, channels)
     config = RunConfig().with_overrides(**{"tiling.tile_px": tile_px})
     row: dict = {"size": size, "channels": channels, "workers": workers}
     with connect(workers=workers) as client:
@@ -120,16 +115,9 @@ def main() -> None:
     parser.add_argument("--no-floors", action="store_true", help="Skip the single-process floors.")
     parser.add_argument("--keep", type=Path, help="Keep slides in this folder.")
     args = parser.parse_args()
-    folder = args.keep or Path(tempfile.mkdtemp(prefix="tiled_seg_bench_"))
-    folder.mkdir(parents=True, exist_ok=True)
-    try:
+    with slide_folder(args.keep) as folder:
         for size in args.sizes:
-            row = bench(size, args.channels, args.workers, args.tile_px, folder, not args.no_floors)
-            print(" ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}"
-                           for k, v in row.items()), flush=True)
-    finally:
-        if args.keep is None:
-            shutil.rmtree(folder, ignore_errors=True)
+            print_row(bench(size, args.channels, args.workers, args.tile_px, folder, not args.no_floors))
 
 
 if __name__ == "__main__":

@@ -3,8 +3,9 @@
 A cell spans several chunks, so nothing per cell can be finished inside one
 block. Each block instead returns small partial sums keyed by label id
 (:func:`block_partials`); partials from any set of blocks merge with
-:func:`combine_partials` in any grouping, and :func:`finish_partials` turns the
-merged sums into per-cell counts, means, centroids and bounding boxes. All
+:func:`combine_partials` in any grouping, and
+:func:`tiled_seg.measure._table.cell_table` turns the merged sums into per-cell
+counts, means, centroids, boxes and moment features. All
 kernels are vectorised over pixels (one stable sort per block, then
 ``reduceat``); none loops over cells, and none imports dask.
 """
