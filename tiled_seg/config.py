@@ -114,6 +114,17 @@ class NormalizationConfig(_Section):
     #: still has ``min_stats_pixels`` pixels.
     level: int | Literal["auto"] = "auto"
     min_stats_pixels: int = Field(1_000_000, gt=0)
+    #: Channels mapped to 0-1 with fixed raw ``[low, high]`` values instead of
+    #: percentiles: ``{nucleus: [0, 1]}`` keeps probability channels as they are.
+    fixed_range: dict[str, tuple[float, float]] = Field(default_factory=dict)
+
+    @field_validator("fixed_range")
+    @classmethod
+    def _ordered(cls, value: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
+        for name, (low, high) in value.items():
+            if not (math.isfinite(low) and math.isfinite(high) and low < high):
+                raise ValueError(f"fixed_range of {name!r} must be [low, high] with low < high; got [{low}, {high}]")
+        return value
 
 
 class TilingConfig(_Section):

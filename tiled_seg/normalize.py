@@ -8,7 +8,7 @@ seams.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import dask
 import dask.array as da
@@ -254,6 +254,7 @@ def compute_slide_stats(
     low_percentile: float = 1.0,
     high_percentile: float = 99.5,
     level_index: int = 0,
+    fixed_range: Mapping[str, tuple[float, float]] | None = None,
     progress: Progress | None = None,
 ) -> SlideStats:
     """Slide-wide statistics of the panel channels on one pyramid level.
@@ -272,6 +273,9 @@ def compute_slide_stats(
         Panel channels.
     low_percentile, high_percentile : float
         Percentiles (0-100) mapped to 0 and 1.
+    fixed_range : mapping of str to (float, float), optional
+        Channels mapped with these raw ``(low, high)`` values instead of
+        percentiles (e.g. ``(0, 1)`` keeps probability channels as they are).
 
     Returns
     -------
@@ -285,6 +289,9 @@ def compute_slide_stats(
     bounds = channel_percentiles(panel, (low_percentile, high_percentile), progress)
     low = {name: bounds[i][0] for i, name in enumerate(used)}
     high = {name: bounds[i][1] for i, name in enumerate(used)}
+    for name, (fixed_low, fixed_high) in (fixed_range or {}).items():
+        if name in low:
+            low[name], high[name] = float(fixed_low), float(fixed_high)
 
     def derived(block: np.ndarray) -> np.ndarray:
         nuclear_image, membrane_image = build_inputs(block, used, nuclear, membrane, low, high)

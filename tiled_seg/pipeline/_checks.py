@@ -87,10 +87,10 @@ def configured_backend(config: RunConfig) -> Segmenter:
 
 
 def halo_px_for(config: RunConfig, pixel_size_um: float) -> int:
-    """Halo in px: the configured um, or the backend's largest cell diameter."""
+    """Halo in px: the configured um, or the backend's own (its largest cell diameter)."""
     halo_um = config.tiling.halo_um
     if halo_um == "auto":
-        halo_um = configured_backend(config).max_cell_diameter_um
+        return configured_backend(config).halo_px(pixel_size_um)
     return max(1, math.ceil(float(halo_um) / pixel_size_um))
 
 

@@ -120,6 +120,7 @@ def _slide_stats(
             low_percentile=config.normalization.low_percentile,
             high_percentile=config.normalization.high_percentile,
             level_index=level_index,
+            fixed_range=config.normalization.fixed_range,
             progress=progress,
         )
     except Exception as error:  # codecs and stores raise many types; diagnose, else re-raise

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from abc import ABC
 from dataclasses import dataclass
 from typing import Any, ClassVar, Sequence
@@ -139,6 +140,15 @@ class Segmenter(ABC):
     def max_cell_diameter_um(self) -> float:
         """Largest cell diameter (um) this backend produces; sets an auto halo."""
         return float(getattr(self.options, "max_cell_diameter_um", 30.0))
+
+    def halo_px(self, pixel_size_um: float) -> int:
+        """Automatic halo (px): the largest cell diameter at ``pixel_size_um`` (um/px).
+
+        A backend whose filters read beyond a cell (e.g. pixel features at
+        large scales) adds their reach, so a tile still sees every cell of
+        its core whole and exactly as the whole slide would.
+        """
+        return max(1, math.ceil(self.max_cell_diameter_um / pixel_size_um))
 
     def check_model(self) -> None:
         """Raise :class:`~tiled_seg.errors.BackendError` when the model cannot be found.
