@@ -20,6 +20,9 @@ from tiled_seg.tiling import DEFAULT_CHUNK_PX
 @click.option("--ngff-version", type=click.Choice(["0.5", "0.4"]), default="0.5",
               show_default=True, help="OME-NGFF version to write.")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT_PATH if it exists.")
+@click.option("--probabilities", is_flag=True,
+              help="The TIFF is an ilastik/steinbock probability export: write float32 0-1 "
+                   "(channels nucleus, cytoplasm, background). Implied for .h5/.hdf5.")
 @catch_errors
 def convert_cmd(
     input_path: str,
@@ -29,8 +32,9 @@ def convert_cmd(
     chunk_px: int,
     ngff_version: str,
     overwrite: bool,
+    probabilities: bool,
 ) -> None:
-    """Convert INPUT_PATH (.tif/.tiff/.ome.tiff, MIBItiff, IMC .txt/.mcd) to OME-Zarr.
+    """Convert INPUT_PATH (.tif/.tiff/.ome.tiff, MIBItiff, IMC .txt/.mcd, ilastik .h5) to OME-Zarr.
 
     A .mcd file gives OUTPUT_PATH/<mcd stem>_<acquisition id>.ome.zarr, one
     store per acquisition; every other input gives the store OUTPUT_PATH.
@@ -45,5 +49,6 @@ def convert_cmd(
         chunk_px=chunk_px,
         ngff_version=ngff_version,  # type: ignore[arg-type]
         overwrite=overwrite,
+        probabilities=probabilities,
     ):
         click.echo(store)

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from tiled_seg.pipeline import RunResult
 
 #: Names backends give the option that locates their model, in the order tried.
-_MODEL_OPTIONS = ("model", "model_path", "pretrained_model")
+_MODEL_OPTIONS = ("model", "model_path", "pretrained_model", "classifier")
 
 
 def format_result(result: RunResult) -> str:
@@ -103,7 +103,7 @@ def _write_report(result: RunResult, config, out: str | None) -> str:
 @click.option("--backend", help="Segmentation backend (default from the config: watershed); "
               "the config's options of another backend are not used.")
 @click.option("--model", type=click.Path(), help="Model file or folder of the backend "
-              "(its option model, model_path or pretrained_model).")
+              "(its option model, model_path, pretrained_model or classifier).")
 @click.option("--compartment", type=click.Choice(["whole-cell", "nuclear", "both"]),
               help="Segment whole cells, nuclei only, or both.")
 @click.option("--nuclear", help="Comma-separated nuclear channels (the panel's nuclear input).")

@@ -4,11 +4,14 @@ Output layout:
 
 - ``.tif`` / ``.tiff`` / ``.ome.tif(f)`` and IMC ``.txt``: ``OUT`` is one
   OME-Zarr image store.
+- ilastik probability exports (``.h5`` / ``.hdf5``, or a TIFF with
+  ``probabilities=True``): ``OUT`` is one store of float32 probabilities in
+  0-1, channels ``nucleus``, ``cytoplasm``, ``background`` when there are three.
 - IMC ``.mcd``: ``OUT`` is a plain directory holding one store per
   acquisition, ``OUT/<mcd stem>_<acquisition id, 3 digits>.ome.zarr`` (the
   steinbock naming), whatever the number of acquisitions.
 
-Values and dtype are kept. Metadata found in the file (OME-XML, MIBI page
+Values and dtype are kept (except probabilities, scaled to 0-1). Metadata found in the file (OME-XML, MIBI page
 names and run description, IMC panel) is used unless ``channel_names`` or
 ``pixel_size_um`` are given, which take precedence. Everything is written to a
 hidden sibling of ``OUT`` first and moved into place only when all of it
@@ -27,6 +30,7 @@ from pathlib import Path
 import dask
 
 from tiled_seg.errors import ChannelError, ConfigError, InputFormatError, InputNotFoundError, OutputExistsError
+from tiled_seg.io._ilastik import open_ilastik_h5, open_probability_tiff
 from tiled_seg.io._imc import open_mcd, read_imc_txt
 from tiled_seg.io._source import SourceImage
 from tiled_seg.io._tiff import open_tiff
@@ -36,7 +40,10 @@ from tiled_seg.tiling import DEFAULT_CHUNK_PX
 __all__ = ["convert", "SUPPORTED_SUFFIXES"]
 
 #: Input suffixes (lower case) and the reader each one goes to.
-SUPPORTED_SUFFIXES = {".tif": "tiff", ".tiff": "tiff", ".txt": "imc_txt", ".mcd": "mcd"}
+SUPPORTED_SUFFIXES = {
+    ".tif": "tiff", ".tiff": "tiff", ".txt": "imc_txt", ".mcd": "mcd",
+    ".h5": "ilastik", ".hdf5": "ilastik",
+}
 
 
 def convert(
@@ -48,13 +55,15 @@ def convert(
     chunk_px: int = DEFAULT_CHUNK_PX,
     ngff_version: NGFFVersion = "0.5",
     overwrite: bool = False,
+    probabilities: bool = False,
 ) -> list[str]:
     """Convert an image file to OME-Zarr with a pyramid.
 
     Parameters
     ----------
     input_path : str or Path
-        An OME-TIFF, MIBItiff, (multi-page) TIFF, IMC ``.txt`` or ``.mcd`` file.
+        An OME-TIFF, MIBItiff, (multi-page) TIFF, IMC ``.txt`` or ``.mcd``
+        file, or an ilastik probability export (``.h5``, ``.hdf5``).
     output_path : str or Path
         The store to write (a directory of stores for ``.mcd``, see the
         module docstring).
@@ -73,6 +82,10 @@ def convert(
         NGFF version to write (0.5: zarr v3, 0.4: zarr v2).
     overwrite : bool
         Replace ``output_path`` if it exists.
+    probabilities : bool
+        The TIFF is an ilastik / steinbock probability export (``cyx`` or
+        ``yxc``): written as float32 0-1 (integers divided by their dtype's
+        maximum). HDF5 inputs always are.
 
     Returns
     -------
@@ -89,6 +102,13 @@ def convert(
     if isinstance(channel_names, str):
         channel_names = channel_names.split(",")
     kind = _validate(source, target, pixel_size_um, chunk_px, ngff_version, overwrite)
+    if probabilities and kind not in ("tiff", "ilastik"):
+        raise InputFormatError(
+            f"{source}: probabilities are read from ilastik's TIFF or HDF5 exports, not "
+            f"{source.suffix} files; leave out --probabilities."
+        )
+    if probabilities and kind == "tiff":
+        kind = "probability_tiff"
     partial = target.parent / f".{target.name}.partial-{uuid.uuid4().hex[:8]}"
     written: list[str] = []
     try:
@@ -127,7 +147,7 @@ def _validate(
     if not source.is_file():
         raise InputNotFoundError(
             f"{source} does not exist or is not a file; give the path of a "
-            "TIFF, OME-TIFF, MIBItiff, IMC .txt or .mcd file."
+            "TIFF, OME-TIFF, MIBItiff, IMC .txt or .mcd file, or an ilastik .h5 export."
         )
     kind = SUPPORTED_SUFFIXES.get(source.suffix.lower())
     if kind is None:
@@ -152,6 +172,12 @@ def _open_sources(source: Path, kind: str) -> Iterator[Iterable[tuple[str | None
     """Yield ``(store name or None for OUT itself, image)`` pairs, read lazily."""
     if kind == "tiff":
         with open_tiff(source) as image:
+            yield [(None, image)]
+    elif kind == "probability_tiff":
+        with open_probability_tiff(source) as image:
+            yield [(None, image)]
+    elif kind == "ilastik":
+        with open_ilastik_h5(source) as image:
             yield [(None, image)]
     elif kind == "imc_txt":
         yield [(None, read_imc_txt(source))]
