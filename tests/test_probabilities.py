@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import tifffile
 from scipy import ndimage as ndi
@@ -108,6 +109,29 @@ def test_probabilities_from_ground_truth_give_its_cells(tmp_path, client):
     print(f"cells F1 {cell_score.f1:.3f} of {cell_score.n_true}, nuclei F1 {nucleus_score.f1:.3f}")
     assert cell_score.n_true > 100
     assert cell_score.f1 >= 0.95 and nucleus_score.f1 >= 0.95
+
+
+def test_probabilities_from_a_second_store_segment_the_slide_and_measure_its_markers(tmp_path, client):
+    slide = make_slide(tmp_path / "slide.ome.zarr", size=(SIZE, SIZE), seed=5, chunk_px=CHUNK)
+    cells, _ = _probability_slide(tmp_path / "probabilities.ome.zarr")
+    assert np.array_equal(cells, read_labels(slide.path, "gt_cells").compute())
+    config = RunConfig.model_validate({
+        "panel": {"nuclear": ["nucleus"], "membrane": ["cytoplasm"],
+                  "store": str(tmp_path / "probabilities.ome.zarr")},
+        "normalization": {"fixed_range": {"nucleus": [0, 1], "cytoplasm": [0, 1]}},
+        "backend": {"name": "probabilities"},
+        "tiling": {"tile_px": 128},
+        "qc": {"enabled": False},
+    })
+    result = run(slide.path, config, output=tmp_path / "out.zarr", client=client)
+    score = match_labels(read_labels(tmp_path / "out.zarr", "cells").compute(), cells)
+    assert score.f1 >= 0.95
+    table = pd.read_parquet(result.tables["parquet"])
+    assert len(table) == result.n_cells and {"DNA1", "CD45"} <= set(table.columns)
+    assert "nucleus" not in table.columns
+    other = make_slide(tmp_path / "other.ome.zarr", size=(SIZE, SIZE + CHUNK), seed=5, chunk_px=CHUNK)
+    with pytest.raises(ConfigError, match="panel.store .* 256 x 256 px, the slide .* 256 x 320 px"):
+        run(other.path, config, output=tmp_path / "other_out.zarr", client=client)
 
 
 def _same_partition(a: np.ndarray, b: np.ndarray) -> bool:

@@ -78,6 +78,10 @@ class PanelConfig(_Section):
 
     nuclear: tuple[str, ...] = ("DNA1",)
     membrane: tuple[str, ...] = ("NaKATPase", "CD44", "CD45")
+    #: OME-Zarr store the panel channels are read from instead of the slide,
+    #: on the slide's (Y, X) grid (e.g. ilastik probabilities converted with
+    #: ``tiled-seg convert``); the slide's channels are still the ones measured.
+    store: str | None = None
 
     @field_validator("nuclear")
     @classmethod

@@ -50,6 +50,8 @@ class Inputs:
     out_names: dict[str, str]
     #: Label images this run writes, refused if present without overwrite.
     written_names: list[str]
+    #: Where the panel channels are read: the slide, or ``panel.store``.
+    panel_slide: Slide
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,18 @@ def halo_px_for(config: RunConfig, pixel_size_um: float) -> int:
     return max(1, math.ceil(float(halo_um) / pixel_size_um))
 
 
+def _open_panel_store(path: str, slide: Slide) -> Slide:
+    """The ``panel.store`` of a run on ``slide``, read at the slide's pixel size."""
+    panel_slide = open_slide(path, slide.pixel_size_um)
+    if panel_slide.shape_yx != slide.shape_yx:
+        raise ConfigError(
+            f"panel.store {panel_slide.path} is {panel_slide.shape_yx[0]} x {panel_slide.shape_yx[1]} "
+            f"px, the slide {slide.path} {slide.shape_yx[0]} x {slide.shape_yx[1]} px; give the "
+            "store made from this slide (e.g. its ilastik probabilities, `tiled-seg convert`)."
+        )
+    return panel_slide
+
+
 def _check_panel(slide: Slide, channels: tuple[str, ...]) -> None:
     """Raise one :class:`ChannelError` naming every panel channel the slide lacks."""
     missing = [name for name in channels if name not in slide.channel_names]
@@ -122,14 +136,16 @@ def open_inputs(slide_path: str | Path, config: RunConfig) -> Inputs:
     panel = config.panel
     membrane = () if config.compartment == "nuclear" else panel.membrane
     channels = tuple(dict.fromkeys([*panel.nuclear, *membrane]))
-    _check_panel(slide, channels)
+    panel_slide = slide if panel.store is None else _open_panel_store(panel.store, slide)
+    _check_panel(panel_slide, channels)
     primary = "nuclei" if config.compartment == "nuclear" else "cells"
     out_names = {"cells": config.outputs.cells, "nuclei": config.outputs.nuclei}
     written_names = list(out_names.values())
     if primary == "nuclei" and config.expand_nuclei_um is None:
         written_names = [out_names["nuclei"]]
     configured_backend(config).check_model()
-    return Inputs(slide, slide.pixel_size_um, channels, membrane, primary, out_names, written_names)
+    return Inputs(slide, slide.pixel_size_um, channels, membrane, primary, out_names, written_names,
+                  panel_slide)
 
 
 def plan_run(inputs: Inputs, config: RunConfig) -> Plan:
@@ -137,7 +153,7 @@ def plan_run(inputs: Inputs, config: RunConfig) -> Plan:
     slide = inputs.slide
     halo_px = halo_px_for(config, inputs.pixel_size_um)
     grid = plan_tiles(slide.shape_yx, config.tiling.tile_px, halo_px, slide.chunk_yx)
-    stats_level = _stats_level(slide, config)
+    stats_level = _stats_level(inputs.panel_slide, config)
     input_key = fingerprint(
         version=__version__, slide=slide.path if "://" in slide.path else str(Path(slide.path).resolve()),
         shape=slide.data.shape, dtype=str(slide.data.dtype),

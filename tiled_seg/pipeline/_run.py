@@ -109,7 +109,7 @@ def _slide_stats(
     inputs: Inputs, level_index: int, config: RunConfig, progress: Progress | None
 ) -> SlideStats:
     """Slide-wide statistics; a damaged chunk is named in a :class:`CorruptChunkError`."""
-    slide = inputs.slide
+    slide = inputs.panel_slide
     level = slide.levels[level_index]
     try:
         return compute_slide_stats(
@@ -135,7 +135,7 @@ def _slide_stats(
 def _tile_job(inputs: Inputs, config: RunConfig, stats: SlideStats, scratch: str) -> TileJob:
     """What every tile task needs, built once and shipped with each task."""
     return TileJob(
-        slide_path=inputs.slide.path,
+        slide_path=inputs.panel_slide.path,
         pixel_size_um=inputs.pixel_size_um,
         channels=inputs.channels,
         nuclear=config.panel.nuclear,
@@ -163,7 +163,7 @@ def _empty_tiles(inputs: Inputs, plan: Plan, stats: SlideStats, config: RunConfi
     """Tiles without tissue on the statistics' pyramid level (none unless ``tiling.skip_empty``)."""
     if not config.tiling.skip_empty:
         return []
-    slide = inputs.slide
+    slide = inputs.panel_slide
     level = slide.levels[plan.stats_level]
     index = [slide.channel_index(name) for name in inputs.channels]
     block = np.asarray(level[index].compute())
