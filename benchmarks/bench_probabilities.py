@@ -83,20 +83,24 @@ def fov8_annotations(nuclear: np.ndarray, membrane: np.ndarray) -> np.ndarray:
     """Sparse annotations of fov8, made from thresholds of the normalised inputs.
 
     Both inputs are smoothed (Gaussian, 1 px) and thresholded at 0.3 x their
-    Otsu threshold. Candidates: nucleus = the nuclear mask eroded by a disk
-    of 2 px; cytoplasm = a ring 2-4 px outside the nuclear mask where the
-    membrane mask holds; background = pixels further than 4 px from both
-    masks. ``PER_CLASS`` pixels of each are drawn without replacement with
-    ``numpy.random.default_rng(SEED)``; values 1, 2, 3, else 0.
+    Otsu threshold (the nuclear and membrane masks). Candidates: nucleus =
+    the nuclear mask eroded by a disk of 2 px; cytoplasm = a ring 2-4 px
+    outside the nuclear mask where the membrane mask holds; background =
+    pixels further than 4 px from the membrane mask and from the smoothed
+    nuclear input above 0.1 x its Otsu threshold (so dim nuclei are not
+    called background). ``PER_CLASS`` pixels of each are drawn without
+    replacement with ``numpy.random.default_rng(SEED)``; values 1, 2, 3,
+    else 0.
     """
     ns, ms = ndi.gaussian_filter(nuclear, 1.0), ndi.gaussian_filter(membrane, 1.0)
-    nuclear_mask = ns > 0.3 * threshold_otsu(ns)
+    nuclear_otsu = threshold_otsu(ns)
+    nuclear_mask = ns > 0.3 * nuclear_otsu
     membrane_mask = ms > 0.3 * threshold_otsu(ms)
     candidates = [
         ndi.binary_erosion(nuclear_mask, disk(2)),
         ndi.binary_dilation(nuclear_mask, disk(4)) & ~ndi.binary_dilation(nuclear_mask, disk(1))
         & membrane_mask,
-        ~ndi.binary_dilation(nuclear_mask | membrane_mask, disk(4)),
+        ~ndi.binary_dilation((ns > 0.1 * nuclear_otsu) | membrane_mask, disk(4)),
     ]
     rng = np.random.default_rng(SEED)
     annotations = np.zeros(nuclear.shape, np.uint8)
@@ -109,8 +113,9 @@ def fov8(folder: Path, client) -> None:
     if not (DATA / "fov8_mibitiff_22ch.tiff").exists():
         print(f"fov8 skipped: {DATA} is absent")
         return
+    # 256 px chunks, so that 256 px tiles are possible.
     store = convert(DATA / "fov8_mibitiff_22ch.tiff", folder / "fov8.ome.zarr", overwrite=True,
-                    pixel_size_um=MIBI_PIXEL_SIZE_UM)[0]
+                    pixel_size_um=MIBI_PIXEL_SIZE_UM, chunk_px=256)[0]
     config = load_config(MIBI_PIXELS)
     slide = open_slide(store)
     panel = config.panel

