@@ -69,6 +69,13 @@ def test_secondary_objects_propagate_over_the_cytoplasm_and_stop_at_background()
     assert cells[24, 28] == 1 and cells[24, 32] == 2
 
 
+def test_without_a_cytoplasm_probability_the_cells_are_the_nuclei():
+    nucleus = _discs([(24, 20), (24, 44)], 6)
+    result = ProbabilitiesSegmenter().segment(nucleus, None, SlideContext(1.0))
+    assert result.cells.max() == 2
+    assert np.array_equal(result.cells, result.nuclei)
+
+
 def test_options_are_validated_with_their_names():
     config = RunConfig().with_overrides(**{
         "backend.name": "probabilities", "backend.options": {"typical_diameter_um": [5, 40]},

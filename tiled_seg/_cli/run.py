@@ -98,7 +98,8 @@ def _write_report(result: RunResult, config, out: str | None) -> str:
               help="Tile core size in px (a multiple of the chunk; `tiled-seg info` shows it).")
 @click.option("--tile-size", "tile_px", type=click.IntRange(min=1), hidden=True)
 @click.option("--halo-um", "halo_um", type=HaloUm(),
-              help="Halo in um, or 'auto' (the backend's largest cell diameter).")
+              help="Halo in um, or 'auto' (the backend's largest cell diameter, "
+              "plus a pixel classifier's reach).")
 @click.option("--halo", "halo_um", type=HaloUm(), hidden=True)
 @click.option("--backend", help="Segmentation backend (default from the config: watershed); "
               "the config's options of another backend are not used.")

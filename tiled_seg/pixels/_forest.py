@@ -27,7 +27,7 @@ _NODE_ARRAYS = ("feature", "threshold", "left", "right")
 _BLOCK_ROWS = 32768
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class PixelClassifier:
     """A trained pixel classifier: features, forest and what it was trained on.
 

@@ -272,7 +272,9 @@ class ProbabilitiesSegmenter(Segmenter):
         cells = _keep_largest_piece(identify_secondary(nuclei, nucleus, cytoplasm, options, context))
         nuclei = _keep_largest_piece(np.where(cells == nuclei, nuclei, 0))
         # Cells without their nucleus (lost to the largest-piece rule) go too.
-        cells = np.where(np.isin(cells, nuclei), cells, 0)
+        has_nucleus = np.zeros(int(cells.max(initial=0)) + 1, dtype=bool)
+        has_nucleus[nuclei] = True  # nucleus ids are cell ids, by the line above
+        cells = np.where(has_nucleus[cells], cells, 0)
         # One renumbering of both keeps nucleus k inside cell k.
         both = relabel_consecutive(np.stack([nuclei, cells]))
         return Segmentation(cells=both[1], nuclei=both[0])
