@@ -9,7 +9,7 @@ import zarr
 from click.testing import CliRunner
 
 from tiled_seg._cli import main
-from tiled_seg.batch import expand_slides, output_for, run_batch
+from tiled_seg.pipeline.batch import expand_slides, output_for, run_batch
 from tiled_seg.config import RunConfig
 from tiled_seg.errors import ConfigError, InputNotFoundError
 from tiled_seg.io import list_labels, read_labels

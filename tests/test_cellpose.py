@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from tiled_seg.errors import BackendError
-from tiled_seg.segmenters import SlideContext
-from tiled_seg.segmenters import cellpose as cp_backend
+from tiled_seg.segment.backends import SlideContext
+from tiled_seg.segment.backends import cellpose as cp_backend
 
 pytest.importorskip("cellpose")
 torch = pytest.importorskip("torch")
@@ -93,7 +93,7 @@ def test_gpu_true_without_cuda_is_an_error(random_weights: str) -> None:
         pytest.skip("a CUDA GPU is present")
     seg = cp_backend.CellposeSegmenter(dict(pretrained_model=random_weights, gpu=True))
     with pytest.raises(BackendError, match="no CUDA"):
-        seg.load()
+        seg.model
 
 
 def test_backend_equals_cellpose_model_eval_on_the_same_tile(random_weights: str) -> None:

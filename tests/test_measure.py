@@ -25,7 +25,7 @@ from tiled_seg.measure import (
     block_partials,
     border_pairs,
     combine_partials,
-    link_nuclei,
+    nucleus_per_cell,
     measure_arrays,
     measure_block,
     measure_blocks,
@@ -187,7 +187,7 @@ def test_link_nuclei_by_maximum_overlap() -> None:
     # Cell 2 also holds nucleus 6 (8 px) and keeps it; cell 3 overlaps only
     # nucleus 7, which belongs to cell 1 by larger overlap elsewhere.
     pairs = np.array([[1, 5, 10], [2, 5, 4], [2, 6, 8], [1, 7, 2], [3, 7, 1]])
-    nucleus_id, overlap = link_nuclei(pairs, np.array([1, 2, 3, 4]))
+    nucleus_id, overlap = nucleus_per_cell(pairs, np.array([1, 2, 3, 4]))
     assert nucleus_id.tolist() == [5, 6, 0, 0]
     assert overlap.tolist() == [10, 8, 0, 0]
 

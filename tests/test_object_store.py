@@ -18,7 +18,7 @@ from distributed import Client, LocalCluster
 from tiled_seg.config import RunConfig
 from tiled_seg.errors import OutputExistsError
 from tiled_seg.io import read_labels
-from tiled_seg.io._fs import exists, filesystem, is_url, join, remove_tree, same_location
+from tiled_seg.io.fs import exists, filesystem, is_url, join, remove_tree, same_location
 from tiled_seg.io.tables import (
     list_tables,
     read_anndata_zarr,

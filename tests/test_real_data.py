@@ -9,7 +9,7 @@ import tifffile
 from conftest import DATA, requires_data
 
 from tiled_seg.config import load_config
-from tiled_seg.evaluate import match_labels
+from tiled_seg.quality.evaluate import match_labels
 from tiled_seg.io.convert import convert
 from tiled_seg.io.ngff import read_labels
 from tiled_seg.pipeline import run

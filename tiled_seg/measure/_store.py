@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from tiled_seg.errors import AxesError, ChannelError, ConfigError, OutputExistsError, PixelSizeError
-from tiled_seg.io._fs import exists, join
+from tiled_seg.io.fs import exists, join
 from tiled_seg.io.ngff import label_array, list_labels, open_slide
 from tiled_seg.io.tables import (
     DEFAULT_TABLE,
