@@ -154,6 +154,7 @@ def test_missing_pixel_size_is_asked_for(tmp_path, slide):
     assert code == 2 and "does not state its pixel size" in output and "--pixel-size-um" in output
 
 
+@pytest.mark.slow
 def test_nonfinite_blank_and_saturated_regions(tmp_path, slide, client):
     image = np.asarray(open_slide(slide.path).data).astype(np.float32)
     top = float(image.max())

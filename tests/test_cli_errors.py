@@ -328,6 +328,7 @@ def test_failed_run_is_recorded_and_a_retry_needs_no_overwrite(tmp_path, slide, 
     assert pipeline.check_run(slide.path, config, output=output) == str(output)
 
 
+@pytest.mark.slow
 def test_retry_in_place_replaces_only_the_failed_runs_labels(tmp_path, slide, monkeypatch):
     from distributed import Client
 
@@ -381,6 +382,7 @@ def _tiled_seg(*args: str, env: dict[str, str]) -> subprocess.Popen:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_ctrl_c_during_tiles(tmp_path, slide):
     env = _plugin(tmp_path, "        time.sleep(1.0)\n"
@@ -404,6 +406,7 @@ def test_ctrl_c_during_tiles(tmp_path, slide):
     assert not Path(lock_path(str(output))).exists()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_backend_failing_in_a_worker_is_one_line(tmp_path, slide):
     env = _plugin(tmp_path, "        raise BackendError('probe failed; fix the probe')\n")
@@ -444,6 +447,7 @@ def test_info_shows_the_chunk_size(slide):
     assert result.exit_code == 0 and f"chunk (YX):   {CHUNK} x {CHUNK} px" in result.output
 
 
+@pytest.mark.slow
 def test_run_h5ad_and_the_nuclear_only_note(tmp_path, slide, client):
     address = client.scheduler.address
     h5ad = tmp_path / "cells.h5ad"

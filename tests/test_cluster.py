@@ -85,6 +85,7 @@ def scheduler_address():
                 proc.kill()
 
 
+@pytest.mark.slow
 def test_existing_scheduler_gives_same_labels_as_local(tmp_path, slide, local_labels,
                                                        scheduler_address):
     output = tmp_path / "remote.zarr"

@@ -33,6 +33,7 @@ def _config() -> RunConfig:
     return RunConfig(measure=False).with_overrides(**{"tiling.tile_px": TILE})
 
 
+@pytest.mark.slow
 def test_killed_worker_does_not_fail_the_run(tmp_path, slide):
     # Each tile may be lost with a worker a few times before the run fails.
     with dask.config.set({"distributed.scheduler.allowed-failures": 3}), LocalCluster(

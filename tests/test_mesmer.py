@@ -124,6 +124,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_savedmodel_loads_once_and_segments(tiny_model: Path) -> None:
     seg = mesmer.MesmerSegmenter(dict(model_path=str(tiny_model), use_deepcell_package=False, window_px=64))
     before = mesmer.model_loads()

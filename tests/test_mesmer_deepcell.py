@@ -219,6 +219,7 @@ def _tissue(shape=(150, 170), seed=6) -> tuple[np.ndarray, np.ndarray]:
     return (nuclear + noise[0]).astype(np.float32), (0.5 * membrane + noise[1]).astype(np.float32)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("compartment", ["both", "whole-cell", "nuclear"])
 def test_backend_equals_deepcell_mesmer_on_the_model_outputs(toolbox, map_model, compartment) -> None:
     nuclear, membrane = _tissue()

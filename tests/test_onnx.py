@@ -52,6 +52,7 @@ def test_nuclear_f1_on_hand_drawn_masks() -> None:
     assert match_labels(result.cells, truth).f1 > 0.78
 
 
+@pytest.mark.slow
 @requires_model
 def test_tile_larger_and_smaller_than_the_window() -> None:
     seg = onnx_backend.OnnxSegmenter(dict(model=str(MODEL)))

@@ -85,6 +85,7 @@ def test_run_qc_uses_the_grids_per_axis_seams_and_tiles() -> None:
     assert qc["slide"]["n_cells"] == 2000 and qc["slide"]["area_um2_median"] == 36.0
 
 
+@pytest.mark.slow
 def test_run_writes_qc_and_redsea_into_the_summary(tmp_path) -> None:
     import json
 

@@ -93,6 +93,7 @@ def test_spillover_rate_falls_and_own_signal_is_kept(spill_tables) -> None:
         assert fixed[own].mean() >= 0.95 * raw[own].mean()
 
 
+@pytest.mark.slow
 def test_compensate_store_writes_columns_and_layer(tmp_path) -> None:
     from tiled_seg.io.tables import read_anndata_zarr, read_parquet
     from tiled_seg.measure import measure_store

@@ -32,6 +32,7 @@ def test_missing_package_names_the_extra(monkeypatch) -> None:
         get_segmenter_class("fake")
 
 
+@pytest.mark.slow
 @requires_data("models/unet2d_nuclei_broad/bioimageio.yaml")
 def test_model_loaded_once_for_many_calls() -> None:
     options = {"model": str(DATA / "models" / "unet2d_nuclei_broad"), "threshold": 0.45}

@@ -45,6 +45,7 @@ def store(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_report_page_and_figures(store: Path, tmp_path: Path) -> None:
     out = tmp_path / "qc" / "page.html"
     result = write_report(store, out)
@@ -64,6 +65,7 @@ def test_report_page_and_figures(store: Path, tmp_path: Path) -> None:
         write_report(store, out)
 
 
+@pytest.mark.slow
 def test_report_cli_default_folder(store: Path) -> None:
     runner = CliRunner()
     done = runner.invoke(main, ["report", str(store), "--overwrite"])
@@ -79,6 +81,7 @@ def test_report_cli_default_folder(store: Path) -> None:
     assert missing.exit_code == 2 and "tiled-seg measure" in missing.output
 
 
+@pytest.mark.slow
 def test_report_without_run_summary(store: Path, tmp_path: Path) -> None:
     group = zarr.open_group(str(store), mode="a")
     saved = group.attrs["tiled_seg"]

@@ -97,6 +97,7 @@ def _store_running(store: Path) -> bool:
     return (store / "zarr.json").exists() and _status(store) == "running"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("phase", ["tiles", "start"])
 def test_sigkill_then_resume_gives_identical_labels(tmp_path, slide, client, clean, phase):
     store = tmp_path / "out.zarr"
@@ -147,6 +148,7 @@ def _crash_after(n_tiles: int):
     return progress
 
 
+@pytest.mark.slow
 def test_resume_reuses_recorded_tiles_and_refuses_other_configs(
     tmp_path, slide, client, clean, monkeypatch
 ):
@@ -188,6 +190,7 @@ def test_resume_reuses_recorded_tiles_and_refuses_other_configs(
     assert state["status"] == "complete" and state["summary"]["resumed_tiles"] == 0
 
 
+@pytest.mark.slow
 def test_interrupted_label_write_is_marked_and_resumed(tmp_path, slide, client, clean, monkeypatch):
     store = tmp_path / "out.zarr"
     real = _run.write_labels

@@ -101,6 +101,7 @@ def test_secrets_are_redacted(record, hidden):
     assert REDACTED in json.dumps(redact_secrets(record))
 
 
+@pytest.mark.slow
 def test_run_records_no_secret(tmp_path, client):
     """No file of the output store (attributes, uns['config'], Parquet metadata) holds a secret."""
     slide = make_slide(tmp_path / "slide.ome.zarr", size=(128, 128), seed=3, chunk_px=64)

@@ -128,6 +128,7 @@ def _assert_same(staged: dict, one_call: dict, at_least: int) -> None:
     assert int(staged["cells"].max()) >= at_least
 
 
+@pytest.mark.slow
 @requires_data("models/unet2d_nuclei_broad/bioimageio.yaml")
 def test_onnx_staged_equals_one_call(accelerator_client, slide, tmp_path, monkeypatch) -> None:
     from tiled_seg.segment.backends import onnx
@@ -140,6 +141,7 @@ def test_onnx_staged_equals_one_call(accelerator_client, slide, tmp_path, monkey
     assert onnx.session_loads() - before <= 1
 
 
+@pytest.mark.slow
 def test_cellpose3_stages_equal_cellpose_eval_with_nuclei(cellpose_weights) -> None:
     from tiled_seg.segment.backends import cellpose
 
@@ -153,6 +155,7 @@ def test_cellpose3_stages_equal_cellpose_eval_with_nuclei(cellpose_weights) -> N
     assert np.array_equal(staged.cells, own.cells) and np.array_equal(staged.nuclei, own.nuclei)
 
 
+@pytest.mark.slow
 def test_cellpose3_staged_equals_one_call(accelerator_client, tmp_path, monkeypatch, cellpose_weights) -> None:
     from tiled_seg.segment.backends import cellpose
 
@@ -165,6 +168,7 @@ def test_cellpose3_staged_equals_one_call(accelerator_client, tmp_path, monkeypa
     assert cellpose.model_loads() - before <= 1
 
 
+@pytest.mark.slow
 def test_mesmer_staged_equals_one_call(accelerator_client, slide, tmp_path, monkeypatch, map_model) -> None:
     from tiled_seg.segment.backends import mesmer
 
@@ -203,6 +207,7 @@ def _blank_right_half(path: str) -> None:
         array[..., array.shape[-1] // 2 :] = 0
 
 
+@pytest.mark.slow
 def test_blank_half_is_skipped_with_identical_labels(client, tmp_path) -> None:
     slide = make_slide(tmp_path / "half.ome.zarr", size=(256, 512), seed=5, chunk_px=64)
     _blank_right_half(slide.path)
@@ -251,6 +256,7 @@ class FailingNetwork(Segmenter):
         raise AssertionError("postprocess must not run without network outputs")
 
 
+@pytest.mark.slow
 def test_pipeline_runs_a_one_call_backend_and_fails_loudly_in_predict(
     accelerator_client, slide, tmp_path, monkeypatch
 ) -> None:

@@ -152,6 +152,7 @@ def truth() -> np.ndarray:
     return labels
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("tile_px", "halo_px", "chunk"), LAYOUTS)
 def test_tiled_equals_whole_up_to_relabelling(truth, tile_px, halo_px, chunk):
     grid = plan_tiles(SHAPE, tile_px, halo_px, chunk)

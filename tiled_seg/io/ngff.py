@@ -114,8 +114,8 @@ class Slide:
     def reader(self, channels: Sequence[int] | None = None, level: int = 0) -> RegionReader:
         """A picklable handle for direct region reads of ``channels`` at pyramid ``level``."""
         source = self.level_sources[level] if self.level_sources else self.source
-        with_channels = channels is not None and "c" in self.axes
-        return RegionReader(source, self.axes, tuple(channels) if with_channels else None, image=True)
+        picked = tuple(channels) if channels is not None and "c" in self.axes else None
+        return RegionReader(source, self.axes, picked, image=True)
 
     def channel_index(self, name: str) -> int:
         """Index of channel ``name``; a :class:`ChannelError` lists the names."""
@@ -399,7 +399,7 @@ def _multiscales(
     return multiscale
 
 
-def _set_ome(group: zarr.Group, content: dict[str, Any], version: str) -> None:
+def _set_ome(group: zarr.Group, content: Mapping[str, Any], version: str) -> None:
     if version == "0.5":
         group.attrs["ome"] = {"version": "0.5", **content}
     else:
@@ -734,7 +734,7 @@ def link_image(image: str | Path, store: str | Path) -> None:
             da.store(da.from_zarr(level), copy, lock=False)
         else:
             os.symlink(Path(image, path).resolve(), Path(store, path), target_is_directory=True)
-    kept = {k: attrs[k] for k in ("multiscales", "omero") if k in attrs}
+    kept: dict[str, Any] = {k: attrs[k] for k in ("multiscales", "omero") if k in attrs}
     _set_ome(target, kept, "0.4" if version == "0.4" else "0.5")
 
 

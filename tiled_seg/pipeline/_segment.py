@@ -21,6 +21,7 @@ from typing import Any, Callable, Sequence, cast
 
 import dask.array as da
 import numpy as np
+from dask.typing import Key
 from distributed import Client, Future, as_completed
 
 from tiled_seg.pipeline.state import TileResult, record_tile, write_scratch
@@ -283,8 +284,8 @@ def _run_staged(
     waiting = list(reversed(tiles))
     ready: list[tuple[Tile, Future]] = []
     # Only unfinished tasks are held, so a finished tile's data is released.
-    live: dict[str, Future] = {}
-    role: dict[str, tuple[str, Tile | None]] = {}
+    live: dict[Key, Future] = {}
+    role: dict[Key, tuple[str, Tile | None]] = {}
     in_flight = 0
     preparing = 0
     completed = as_completed(loop=client.loop)

@@ -162,7 +162,7 @@ class TileGrid:
         """
         height, width = shape_yx
         rows, cols = math.ceil(height / tile_px[0]), math.ceil(width / tile_px[1])
-        tiles = []
+        tiles: list[Tile] = []
         for r in range(rows):
             for c in range(cols):
                 y0, x0 = r * tile_px[0], c * tile_px[1]

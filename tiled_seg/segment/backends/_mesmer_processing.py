@@ -302,8 +302,9 @@ def split_outputs(
             "point `model_path` at DeepCell's MultiplexSegmentation model."
         )
     if names is not None:
-        indices = [_head_index(str(n)) for n in names]
-        if all(i is not None for i in indices) and sorted(indices) == sorted(set(indices)):  # type: ignore[type-var]
+        found = [_head_index(str(n)) for n in names]
+        indices = [i for i in found if i is not None]
+        if len(indices) == len(found) and len(set(indices)) == len(indices):
             outputs = [o for _, o in sorted(zip(indices, outputs), key=lambda pair: pair[0])]
     result: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for compartment, (distance_head, pixel_head) in COMPARTMENT_HEADS.items():

@@ -137,9 +137,11 @@ class Segmenter(ABC, Generic[OptionsT]):
                 f"{cls.__name__} implements neither segment nor prepare/predict/postprocess; "
                 "implement segment, or the three stages."
             )
-        if not isinstance(options, BackendOptions):
-            options = self.Options(**(options or {}))
-        self.options: OptionsT = cast(OptionsT, options)
+        if isinstance(options, BackendOptions):
+            checked: BackendOptions = options
+        else:
+            checked = self.Options(**(options or {}))
+        self.options: OptionsT = cast(OptionsT, checked)
         self._model: Any = _NOT_LOADED
         self._model_lock = threading.Lock()
 

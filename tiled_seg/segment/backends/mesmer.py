@@ -268,6 +268,7 @@ class MesmerSegmenter(Segmenter[MesmerOptions]):
         model = self.model
         names = [str(n) for n in getattr(model, "output_names", [])] or None
         outputs = model(batch, training=False)
+        keys: list[str] | None
         if isinstance(outputs, dict):
             keys = list(outputs)
             outputs = [outputs[k] for k in keys]
