@@ -58,6 +58,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(scope="session")
+def small_slide(tmp_path_factory: pytest.TempPathFactory):
+    """A 128 x 128 px synthetic slide in 32 px chunks, shared by the tests of a session.
+
+    Read-only: tests that run on it write to another ``--output`` (a test that
+    changes it in place makes its own slide).
+    """
+    from tiled_seg.synth import make_slide
+
+    return make_slide(tmp_path_factory.mktemp("small_slide") / "slide.ome.zarr",
+                      size=(128, 128), seed=5, chunk_px=32)
+
+
+@pytest.fixture(scope="session")
 def map_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A SavedModel with Mesmer's input and fixed-weight heads whose maps hold cells.
 

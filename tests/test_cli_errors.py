@@ -37,9 +37,9 @@ CHUNK = 32
 
 
 @pytest.fixture(scope="module")
-def slide(tmp_path_factory):
-    return make_slide(tmp_path_factory.mktemp("slides") / "slide.ome.zarr",
-                      size=(SIZE, SIZE), seed=5, chunk_px=CHUNK)
+def slide(small_slide):
+    assert small_slide.shape[1:] == (SIZE, SIZE)
+    return small_slide
 
 
 def _tree_hash(path: Path) -> str:

@@ -21,7 +21,6 @@ from tiled_seg.config import RunConfig
 from tiled_seg.errors import OutputExistsError, ResumeError
 from tiled_seg.io.ngff import list_labels, read_labels
 from tiled_seg.pipeline import _run, run
-from tiled_seg.synth import make_slide
 
 SIZE = 128
 CHUNK = 32
@@ -42,9 +41,9 @@ def client():
 
 
 @pytest.fixture(scope="module")
-def slide(tmp_path_factory):
-    path = tmp_path_factory.mktemp("slides") / "slide.ome.zarr"
-    return make_slide(path, size=(SIZE, SIZE), seed=5, chunk_px=CHUNK)
+def slide(small_slide):
+    assert small_slide.shape[1:] == (SIZE, SIZE)
+    return small_slide
 
 
 def _config(**changes) -> RunConfig:
