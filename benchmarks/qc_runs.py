@@ -24,7 +24,7 @@ import json
 from pathlib import Path
 
 from tiled_seg.cluster import connect
-from tiled_seg.coexpression import coexpression
+from tiled_seg.quality.coexpression import coexpression
 from tiled_seg.config import load_config
 from tiled_seg.io.convert import convert
 from tiled_seg.io.tables import read_parquet

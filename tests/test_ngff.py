@@ -265,6 +265,7 @@ def test_unknown_channel_lists_the_names(tmp_path):
         slide.channel_index("CD8")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("version", VERSIONS)
 def test_image_and_label_pyramids_align(tmp_path, version):
     """At every level, a label pixel and the image pixel at the same index sit at one place."""

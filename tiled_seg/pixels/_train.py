@@ -183,9 +183,9 @@ def train_pixels(
     -------
     TrainResult
     """
-    from tiled_seg.evaluate import read_label_image
+    from tiled_seg.quality.evaluate import read_label_image
     from tiled_seg.io.ngff import open_slide
-    from tiled_seg.normalize import build_inputs, choose_stats_level, compute_slide_stats
+    from tiled_seg.segment.normalize import build_inputs, choose_stats_level, compute_slide_stats
     from tiled_seg.tiling import plan_tiles
 
     config = config or RunConfig()

@@ -27,19 +27,18 @@ labels of a tile's interior do not depend on where the tile was cut.
 
 from __future__ import annotations
 
-import functools
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, Literal, cast
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
 from scipy import ndimage as ndi
 
 from tiled_seg.errors import BackendError, InputNotFoundError
-from tiled_seg.segmenters._instances import relabel_consecutive
-from tiled_seg.segmenters.base import BackendOptions, Segmentation, Segmenter, SlideContext
-from tiled_seg.segmenters.watershed import (
+from tiled_seg.labels import relabel_consecutive
+from tiled_seg.segment.backends.base import BackendOptions, Segmentation, Segmenter, SlideContext
+from tiled_seg.segment.backends.watershed import (
     _clip_radius,
     _disk,
     _fill_small_holes,
@@ -208,44 +207,43 @@ def identify_secondary(
     return _clip_radius(cells, nuclei, radius_px).astype(np.int32)
 
 
-class ProbabilitiesSegmenter(Segmenter):
+class ProbabilitiesSegmenter(Segmenter[ProbabilitiesOptions]):
     """Nuclei and cells from nucleus / cytoplasm probabilities (CPU, CellProfiler style)."""
 
     name: ClassVar[str] = "probabilities"
     Options: ClassVar[type[BackendOptions]] = ProbabilitiesOptions
 
-    @functools.cached_property
-    def classifier(self) -> PixelClassifier | None:
-        """The pixel classifier of the options (loaded once per process), or None."""
+    def load_model(self) -> PixelClassifier | None:
+        """The pixel classifier of the options, or None (the inputs are probabilities)."""
         from tiled_seg.pixels import load_classifier
 
-        path = cast(ProbabilitiesOptions, self.options).classifier
-        return None if path is None else load_classifier(Path(path).expanduser())
-
-    def check_model(self) -> None:
-        """Read the classifier's file, so a missing or foreign one is reported before the run."""
+        path = self.options.classifier
         try:
-            self.classifier
+            return None if path is None else load_classifier(Path(path).expanduser())
         except InputNotFoundError as error:
             raise BackendError(str(error)) from error
 
+    def check_model(self) -> None:
+        """Read the classifier (a small file), so a missing or foreign one fails before the run."""
+        self.model
+
     def halo_px(self, pixel_size_um: float) -> int:
         """The largest cell diameter plus the reach of the classifier's features (px)."""
-        reach = 0 if self.classifier is None else self.classifier.reach_px
-        return super().halo_px(pixel_size_um) + reach
+        classifier = self.model
+        return super().halo_px(pixel_size_um) + (0 if classifier is None else classifier.reach_px)
 
     def probabilities(
         self, nuclear: np.ndarray, membrane: np.ndarray | None, context: SlideContext
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """Nucleus and cytoplasm probability of a tile (cytoplasm None without one)."""
-        classifier = self.classifier
+        classifier = self.model
         if classifier is None:
             return nuclear, membrane
         from tiled_seg.pixels import predict_pixels
 
         if abs(classifier.pixel_size_um - context.pixel_size_um) > 0.01 * classifier.pixel_size_um:
             raise BackendError(
-                f"pixel classifier {cast(ProbabilitiesOptions, self.options).classifier} was "
+                f"pixel classifier {self.options.classifier} was "
                 f"trained at {classifier.pixel_size_um} um/px, the slide has "
                 f"{context.pixel_size_um} um/px; its features are in px, so train it on this slide."
             )
@@ -263,7 +261,7 @@ class ProbabilitiesSegmenter(Segmenter):
         self, nuclear: np.ndarray, membrane: np.ndarray | None, context: SlideContext
     ) -> Segmentation:
         """Segment one tile; see :class:`Segmenter`."""
-        options = cast(ProbabilitiesOptions, self.options)
+        options = self.options
         nucleus, cytoplasm = self.probabilities(nuclear, membrane, context)
         nuclei = identify_primary(nucleus, options, context)
         if cytoplasm is None:
