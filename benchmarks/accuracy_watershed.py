@@ -31,9 +31,9 @@ import tifffile
 
 from tiled_seg.config import load_config
 from tiled_seg.quality.evaluate import match_labels
-from tiled_seg.segment.normalize import build_inputs, compute_slide_stats
 from tiled_seg.segment.backends.base import SlideContext
 from tiled_seg.segment.backends.watershed import WatershedSegmenter
+from tiled_seg.segment.normalize import build_inputs, compute_slide_stats
 
 SYNTH_NUCLEAR = ["DNA1", "DNA2"]
 SYNTH_MEMBRANE = ["NaKATPase", "CD44", "CD45"]

@@ -9,10 +9,10 @@ import zarr
 from click.testing import CliRunner
 
 from tiled_seg._cli import main
-from tiled_seg.pipeline.batch import expand_slides, output_for, run_batch
 from tiled_seg.config import RunConfig
 from tiled_seg.errors import ConfigError, InputNotFoundError
 from tiled_seg.io import list_labels, read_labels
+from tiled_seg.pipeline.batch import expand_slides, output_for, run_batch
 from tiled_seg.synth import make_slide
 
 CONFIG = RunConfig(measure=False).with_overrides(**{"tiling.tile_px": 64})

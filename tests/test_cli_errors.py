@@ -24,11 +24,11 @@ from click.testing import CliRunner
 
 from tiled_seg import pipeline
 from tiled_seg._cli import main
-from tiled_seg.pipeline.state import SCRATCH_SUFFIX
 from tiled_seg.config import RunConfig
 from tiled_seg.errors import OutputExistsError, RunLockedError
 from tiled_seg.io.ngff import list_labels, write_labels
 from tiled_seg.pipeline._lock import lock_path, run_lock
+from tiled_seg.pipeline.state import SCRATCH_SUFFIX
 from tiled_seg.synth import make_slide
 
 REPO = Path(__file__).resolve().parents[1]
@@ -155,10 +155,10 @@ def test_os_errors_of_every_verb_are_one_line(tmp_path, slide, monkeypatch):
     """A read-only disk (EROFS from the library) is one line naming the path, exit 2."""
     import errno
 
-    import tiled_seg.segment.expand
     import tiled_seg.io.convert
     import tiled_seg.measure
     import tiled_seg.report
+    import tiled_seg.segment.expand
 
     def read_only(*args, **kwargs):
         raise OSError(errno.EROFS, "Read-only file system", str(tmp_path / "ro" / "x"))
@@ -242,17 +242,15 @@ def test_help_imports_no_library():
 
 def test_choices_match_the_library():
     from tiled_seg._cli.measure import measure_cmd
-    from tiled_seg.measure._store import NEIGHBOURS
-
     from tiled_seg.measure._morphology import MORPHOLOGIES
+    from tiled_seg.measure._store import NEIGHBOURS
 
     choices = {p.name: tuple(p.type.choices) for p in measure_cmd.params
                if isinstance(p.type, click.Choice)}
     assert choices["neighbours"] == NEIGHBOURS and choices["morphology"] == MORPHOLOGIES
+    from tiled_seg._cli.export import spatialdata_cmd
     from tiled_seg._cli.report import report_cmd
     from tiled_seg.io.tables import DEFAULT_TABLE
-
-    from tiled_seg._cli.export import spatialdata_cmd
 
     for command in (measure_cmd, report_cmd, spatialdata_cmd):
         (table,) = [p for p in command.params if p.name in ("table", "table_name") and not p.hidden]

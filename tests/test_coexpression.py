@@ -6,13 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tiled_seg.errors import ChannelError, ConfigError
 from tiled_seg.quality.coexpression import (
     binned_rates,
     coexpression,
     marker_thresholds,
     resolve_marker,
 )
-from tiled_seg.errors import ChannelError, ConfigError
 from tiled_seg.quality.seams import seam_check, seam_distance_px
 from tiled_seg.tiling import plan_tiles
 

@@ -162,8 +162,8 @@ def test_chunked_evaluation_equals_whole(chunks) -> None:
 
 
 def test_evaluate_paths_on_chunked_ngff(tmp_path) -> None:
-    from tiled_seg.quality.evaluate import evaluate_paths, open_label_image
     from tiled_seg.io import write_image, write_labels
+    from tiled_seg.quality.evaluate import evaluate_paths, open_label_image
 
     rng = np.random.default_rng(3)
     true = np.kron(rng.integers(0, 50, (12, 12)), np.ones((6, 6), np.int64)).astype(np.uint32)

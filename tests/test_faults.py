@@ -11,11 +11,10 @@ import pytest
 import zarr
 from distributed import Client, LocalCluster
 
-from tiled_seg.pipeline.state import create_scratch
 from tiled_seg.config import RunConfig
 from tiled_seg.io.ngff import read_labels
 from tiled_seg.pipeline import run
-from tiled_seg.pipeline.state import write_scratch
+from tiled_seg.pipeline.state import create_scratch, write_scratch
 from tiled_seg.synth import make_slide
 from tiled_seg.tiling import plan_tiles
 

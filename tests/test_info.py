@@ -13,8 +13,8 @@ from click.testing import CliRunner
 
 from tiled_seg._cli import main
 from tiled_seg.errors import InputNotFoundError, NotNGFFError
-from tiled_seg.pipeline.info import LabelInfo, describe
 from tiled_seg.io.ngff import write_image, write_labels
+from tiled_seg.pipeline.info import LabelInfo, describe
 
 NAMES = ["DNA", "CD3"]
 

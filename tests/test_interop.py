@@ -25,12 +25,12 @@ from click.testing import CliRunner
 
 from tiled_seg._cli import main
 from tiled_seg.config import RunConfig
-from tiled_seg.segment.expand import expand_store
 from tiled_seg.io import list_labels, read_labels
 from tiled_seg.io.convert import convert
 from tiled_seg.io.tables import DEFAULT_TABLE, read_anndata_zarr
 from tiled_seg.measure import measure_store
 from tiled_seg.pipeline import run
+from tiled_seg.segment.expand import expand_store
 from tiled_seg.synth import make_slide
 
 VERSIONS = ["0.4", "0.5"]

@@ -8,28 +8,28 @@ import pandas as pd
 import pytest
 import zarr
 from click.testing import CliRunner
+from conftest import DATA, requires_data
 from scipy import ndimage
 from scipy.spatial.distance import cdist
 from skimage.measure import regionprops_table
 from skimage.segmentation import expand_labels
 
-from conftest import DATA, requires_data
 from tiled_seg._cli import main
 from tiled_seg.errors import ChannelError, ConfigError, OutputExistsError
 from tiled_seg.io.ngff import write_image, write_labels
-from tiled_seg.io.tables import read_anndata_zarr, read_parquet
 from tiled_seg.io.regions import RegionReader
+from tiled_seg.io.tables import read_anndata_zarr, read_parquet
 from tiled_seg.measure import (
     HULL_COLUMNS,
     MeasureJob,
     block_partials,
     border_pairs,
     combine_partials,
-    nucleus_per_cell,
     measure_arrays,
     measure_block,
     measure_blocks,
     measure_store,
+    nucleus_per_cell,
     touching_pairs,
 )
 from tiled_seg.tiling import Box, plan_blocks

@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 
 from tiled_seg.errors import BackendError
-from tiled_seg.segment.backends import SlideContext
+from tiled_seg.segment.backends import SlideContext, mesmer
 from tiled_seg.segment.backends import _mesmer_processing as processing
-from tiled_seg.segment.backends import mesmer
 
 
 def _disk(shape: tuple[int, int], cy: float, cx: float, r: float) -> np.ndarray:

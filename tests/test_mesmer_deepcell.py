@@ -9,14 +9,12 @@ A missing toolbox fails these tests with the reason; it never skips them.
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from tiled_seg.segment.backends import SlideContext
+from tiled_seg.segment.backends import SlideContext, mesmer
 from tiled_seg.segment.backends import _mesmer_processing as processing
-from tiled_seg.segment.backends import mesmer
 from tiled_seg.segment.backends._blended_windows import predict_blended
 
 INSTALL = (
@@ -29,7 +27,8 @@ INSTALL = (
 def toolbox():
     """deepcell_toolbox, or a failure that says why it is missing and how to install it."""
     try:
-        from deepcell_toolbox import deep_watershed, processing as dc_processing, utils
+        from deepcell_toolbox import deep_watershed, utils
+        from deepcell_toolbox import processing as dc_processing
     except ImportError as error:
         pytest.fail(
             f"deepcell-toolbox 0.12.1 is not importable ({error}); the DeepCell equality "

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import DATA, requires_data
+
 from tiled_seg.errors import BackendError
 from tiled_seg.segment.backends import SlideContext
 from tiled_seg.segment.backends import onnx as onnx_backend

@@ -15,9 +15,9 @@ from distributed import Client, LocalCluster
 from tiled_seg._cli import main
 from tiled_seg.config import RunConfig
 from tiled_seg.errors import ChannelError, OutputExistsError, PixelSizeError, TileLayoutError
-from tiled_seg.quality.evaluate import match_labels
 from tiled_seg.io.ngff import list_labels, open_slide, read_labels, write_image
 from tiled_seg.pipeline import run
+from tiled_seg.quality.evaluate import match_labels
 from tiled_seg.quality.qc import cut_objects
 from tiled_seg.synth import make_slide
 

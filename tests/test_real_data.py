@@ -10,10 +10,10 @@ import tifffile
 from conftest import DATA, requires_data
 
 from tiled_seg.config import load_config
-from tiled_seg.quality.evaluate import match_labels
 from tiled_seg.io.convert import convert
 from tiled_seg.io.ngff import read_labels
 from tiled_seg.pipeline import run
+from tiled_seg.quality.evaluate import match_labels
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 FOV8 = "mibi_tnbc_fov8"

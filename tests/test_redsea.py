@@ -6,9 +6,9 @@ import dask.array as da
 import numpy as np
 import pytest
 
-from tiled_seg.quality.coexpression import coexpression, marker_thresholds
 from tiled_seg.errors import AxesError, ConfigError
 from tiled_seg.measure.redsea import REDSEA_SUFFIX, boundary_tables, compensate_store, redsea_arrays
+from tiled_seg.quality.coexpression import coexpression, marker_thresholds
 
 
 def _two_cells() -> tuple[np.ndarray, np.ndarray]:

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import DATA, requires_data
+
 from tiled_seg.errors import BackendError
-from tiled_seg.segment.backends import SlideContext, available_backends, get_segmenter, get_segmenter_class
+from tiled_seg.segment.backends import (
+    SlideContext,
+    available_backends,
+    get_segmenter,
+    get_segmenter_class,
+    registry,
+)
 from tiled_seg.segment.backends import onnx as onnx_backend
-from tiled_seg.segment.backends import registry
 
 
 def test_builtin_backends_are_listed() -> None:

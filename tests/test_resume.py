@@ -16,11 +16,11 @@ from click.testing import CliRunner
 from distributed import Client, LocalCluster
 
 from tiled_seg._cli import main
-from tiled_seg.pipeline.state import count_records, read_records, scratch_path
 from tiled_seg.config import RunConfig
 from tiled_seg.errors import OutputExistsError, ResumeError
 from tiled_seg.io.ngff import list_labels, read_labels
 from tiled_seg.pipeline import _run, run
+from tiled_seg.pipeline.state import count_records, read_records, scratch_path
 
 SIZE = 128
 CHUNK = 32

@@ -11,8 +11,7 @@ import zarr
 from click.testing import CliRunner
 
 from tiled_seg._cli import main
-from tiled_seg.config import REDACTED, redact_secrets
-from tiled_seg.config import OutputConfig, RunConfig, load_config
+from tiled_seg.config import REDACTED, OutputConfig, RunConfig, load_config, redact_secrets
 from tiled_seg.errors import BackendError, ConfigError
 from tiled_seg.pipeline import run
 from tiled_seg.segment.backends import get_segmenter_class

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import zarr
+from conftest import DATA, requires_data
 from distributed import Client
 
-from conftest import DATA, requires_data
 from tiled_seg.cluster import accelerator_cluster
 from tiled_seg.config import RunConfig
 from tiled_seg.errors import BackendError

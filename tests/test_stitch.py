@@ -8,7 +8,7 @@ from scipy import ndimage as ndi
 from scipy import sparse
 from scipy.sparse.csgraph import connected_components
 
-from tiled_seg.errors import TileLayoutError, TiledSegError
+from tiled_seg.errors import TiledSegError, TileLayoutError
 from tiled_seg.quality.evaluate import match_labels
 from tiled_seg.tiling import plan_tiles
 from tiled_seg.tiling.join import apply_lookup, build_lookup_tables

@@ -164,9 +164,9 @@ def run_command(slides, config_path, output, tile_px, halo_um, backend, model, c
 
     from tiled_seg._cli._progress import tile_progress
     from tiled_seg._cli._quiet import workers_ignore_interrupts
-    from tiled_seg.pipeline.batch import expand_slides, run_batch
     from tiled_seg.cluster import connect, dashboard_link
     from tiled_seg.pipeline import run
+    from tiled_seg.pipeline.batch import expand_slides, run_batch
 
     paths = expand_slides(slides)
     with contextlib.ExitStack() as stack:

@@ -20,6 +20,7 @@ import zarr
 from scipy import ndimage
 
 from tiled_seg import __version__
+from tiled_seg.blocks import Progress, store_blocks
 from tiled_seg.errors import (
     AxesError,
     ChannelError,
@@ -31,7 +32,6 @@ from tiled_seg.errors import (
 )
 from tiled_seg.io.fs import exists, is_url, remove_tree
 from tiled_seg.io.regions import RegionReader, read_region
-from tiled_seg.blocks import Progress, store_blocks
 from tiled_seg.tiling import BLOCK_PX, DEFAULT_CHUNK_PX, plan_blocks
 
 __all__ = [

@@ -10,9 +10,12 @@ import dask.array as da
 import numpy as np
 import pandas as pd
 
+from tiled_seg.blocks import Progress
 from tiled_seg.errors import AxesError, ChannelError, ConfigError, OutputExistsError, PixelSizeError
 from tiled_seg.io.fs import exists, join
 from tiled_seg.io.ngff import label_array, list_labels, open_slide
+from tiled_seg.io.regions import RegionReader
+from tiled_seg.io.steinbock import image_name, steinbock_tables, write_steinbock
 from tiled_seg.io.tables import (
     DEFAULT_TABLE,
     list_tables,
@@ -20,9 +23,6 @@ from tiled_seg.io.tables import (
     write_anndata_zarr,
     write_parquet,
 )
-from tiled_seg.blocks import Progress
-from tiled_seg.io.regions import RegionReader
-from tiled_seg.io.steinbock import image_name, steinbock_tables, write_steinbock
 from tiled_seg.measure._blocks import BlockMeasurements, MeasureJob
 from tiled_seg.measure._distributed import hull_features, measure_blocks
 from tiled_seg.measure._morphology import MORPHOLOGIES

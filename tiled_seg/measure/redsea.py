@@ -347,7 +347,13 @@ def compensate_store(
         The updated cell table.
     """
     from tiled_seg.io.ngff import open_slide, read_labels
-    from tiled_seg.io.tables import list_tables, read_anndata_zarr, read_parquet, write_anndata_zarr, write_parquet
+    from tiled_seg.io.tables import (
+        list_tables,
+        read_anndata_zarr,
+        read_parquet,
+        write_anndata_zarr,
+        write_parquet,
+    )
 
     store = str(store).rstrip("/")
     path = Path(store) / "tables" / f"{table}.parquet"

@@ -40,6 +40,7 @@ from tiled_seg.tiling.join import StitchPlan
 from tiled_seg.tiling.stitch import PairMatcher, stitched_array
 from tiled_seg.tiling.tissue import empty_tiles, tissue_mask
 
+
 @dataclass(frozen=True)
 class RunResult:
     """What a run wrote and measured."""

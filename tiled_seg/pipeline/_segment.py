@@ -24,16 +24,16 @@ import numpy as np
 from dask.typing import Key
 from distributed import Client, Future, as_completed
 
-from tiled_seg.pipeline.state import TileResult, record_tile, write_scratch
 from tiled_seg.blocks import Progress
 from tiled_seg.cluster import count_accelerators, gpu_resources
 from tiled_seg.errors import CorruptChunkError
 from tiled_seg.io.ngff import Slide, find_unreadable_block, open_slide
-from tiled_seg.segment.tiles import tile_inputs, tile_labels
+from tiled_seg.pipeline.state import TileResult, record_tile, write_scratch
 from tiled_seg.segment.backends import SlideContext, get_segmenter, get_segmenter_class
 from tiled_seg.segment.backends.base import NetworkOutputs, PreparedTile, Segmentation, predict_tiles
-from tiled_seg.tiling.match import core_label_ids
+from tiled_seg.segment.tiles import tile_inputs, tile_labels
 from tiled_seg.tiling import Tile, TileGrid
+from tiled_seg.tiling.match import core_label_ids
 
 
 @dataclass(frozen=True)

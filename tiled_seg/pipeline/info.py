@@ -12,11 +12,11 @@ from typing import Any
 
 import zarr
 
-from tiled_seg.pipeline.state import RunState, count_records, scratch_path
 from tiled_seg.errors import NotNGFFError
-from tiled_seg.io.ngff import Slide, ome_attrs, open_group, list_labels, open_slide
+from tiled_seg.io.ngff import Slide, list_labels, ome_attrs, open_group, open_slide
 from tiled_seg.io.tables import list_tables
 from tiled_seg.pipeline._lock import lock_holder
+from tiled_seg.pipeline.state import RunState, count_records, scratch_path
 
 __all__ = ["StoreInfo", "LabelInfo", "describe"]
 

@@ -15,11 +15,11 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from tiled_seg.quality.coexpression import binned_rates, coexpression, resolve_marker, table_shape_yx
-from tiled_seg.quality.seams import seam_check, seam_edge_cells
 from tiled_seg.config import QCConfig
 from tiled_seg.errors import ChannelError, ConfigError
+from tiled_seg.quality.coexpression import binned_rates, coexpression, resolve_marker, table_shape_yx
 from tiled_seg.quality.evaluate import contingency
+from tiled_seg.quality.seams import seam_check, seam_edge_cells
 from tiled_seg.tiling import TileGrid
 
 __all__ = ["SlideQC", "cut_objects", "density_per_mm2", "slide_qc", "run_qc", "headline"]

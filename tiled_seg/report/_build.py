@@ -12,6 +12,11 @@ import numpy as np
 import pandas as pd
 import zarr
 
+from tiled_seg.errors import ChannelError, InputNotFoundError, OutputExistsError
+from tiled_seg.io.ngff import Slide, open_slide, read_labels
+from tiled_seg.io.tables import DEFAULT_TABLE, read_parquet
+from tiled_seg.measure.redsea import REDSEA_SUFFIX
+from tiled_seg.pipeline.state import RunState
 from tiled_seg.quality.coexpression import (
     DEFAULT_EXCLUSIVE_PAIRS,
     CoexpressionResult,
@@ -19,15 +24,10 @@ from tiled_seg.quality.coexpression import (
     coexpression,
     resolve_marker,
 )
-from tiled_seg.quality.seams import SeamCheck, seam_check
-from tiled_seg.pipeline.state import RunState
-from tiled_seg.tiling import TileGrid
-from tiled_seg.errors import ChannelError, InputNotFoundError, OutputExistsError
-from tiled_seg.io.ngff import Slide, open_slide, read_labels
-from tiled_seg.io.tables import DEFAULT_TABLE, read_parquet
 from tiled_seg.quality.qc import density_per_mm2, slide_qc
-from tiled_seg.measure.redsea import REDSEA_SUFFIX
+from tiled_seg.quality.seams import SeamCheck, seam_check
 from tiled_seg.report import _figures as figs
+from tiled_seg.tiling import TileGrid
 
 __all__ = ["ReportResult", "write_report"]
 

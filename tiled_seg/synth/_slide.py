@@ -11,11 +11,11 @@ import numpy as np
 
 from tiled_seg.errors import ChannelError, ConfigError, PixelSizeError, TiledSegError
 from tiled_seg.io.ngff import NGFFVersion, write_image, write_labels
-from tiled_seg.tiling import DEFAULT_CHUNK_PX
 from tiled_seg.synth._geometry import _count_table, _label_block
 from tiled_seg.synth._model import _Model
 from tiled_seg.synth._panel import CELL_TYPES, _markers
 from tiled_seg.synth._render import _image_block
+from tiled_seg.tiling import DEFAULT_CHUNK_PX
 
 __all__ = ["SynthInfo", "make_slide", "synth_arrays"]
 

@@ -30,7 +30,7 @@ import numpy as np
 from scipy import sparse
 from scipy.sparse.csgraph import connected_components
 
-from tiled_seg.errors import TileLayoutError, TiledSegError
+from tiled_seg.errors import TiledSegError, TileLayoutError
 from tiled_seg.tiling.grid import TileGrid
 from tiled_seg.tiling.match import TileMatches
 

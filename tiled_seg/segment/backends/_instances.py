@@ -18,7 +18,6 @@ All functions are plain numpy kernels; none imports dask or a model library.
 
 from __future__ import annotations
 
-
 import numpy as np
 
 from tiled_seg.labels import first_of_groups, relabel_consecutive

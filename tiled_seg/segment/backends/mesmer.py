@@ -51,9 +51,9 @@ import numpy as np
 from pydantic import Field
 
 from tiled_seg.errors import BackendError
+from tiled_seg.labels import relabel_consecutive
 from tiled_seg.segment.backends import _mesmer_processing as processing
 from tiled_seg.segment.backends._blended_windows import BlendLayout, blend_windows, cut_blended
-from tiled_seg.labels import relabel_consecutive
 from tiled_seg.segment.backends._instances import link_nuclei
 from tiled_seg.segment.backends.base import (
     BackendOptions,
