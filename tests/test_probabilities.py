@@ -99,6 +99,7 @@ def _probability_slide(path):
     return cells, nuclei
 
 
+@pytest.mark.slow
 def test_probabilities_from_ground_truth_give_its_cells(tmp_path, client):
     cells, nuclei = _probability_slide(tmp_path / "probabilities.ome.zarr")
     config = RunConfig.model_validate({
@@ -118,6 +119,7 @@ def test_probabilities_from_ground_truth_give_its_cells(tmp_path, client):
     assert cell_score.f1 >= 0.95 and nucleus_score.f1 >= 0.95
 
 
+@pytest.mark.slow
 def test_probabilities_from_a_second_store_segment_the_slide_and_measure_its_markers(tmp_path, client):
     slide = make_slide(tmp_path / "slide.ome.zarr", size=(SIZE, SIZE), seed=5, chunk_px=CHUNK)
     cells, _ = _probability_slide(tmp_path / "probabilities.ome.zarr")
@@ -171,6 +173,7 @@ def _classifier_config(model, tile_px: int) -> RunConfig:
 
 
 @pytest.mark.model
+@pytest.mark.slow
 def test_auto_halo_adds_the_features_reach(classified):
     _, model = classified
     reach = load_classifier(model).reach_px
@@ -180,6 +183,7 @@ def test_auto_halo_adds_the_features_reach(classified):
 
 
 @pytest.mark.model
+@pytest.mark.slow
 def test_pixel_classifier_one_tile_equals_many_tiles(tmp_path, classified, client):
     slide, model = classified
     one = tmp_path / "one.zarr"
@@ -196,6 +200,7 @@ def test_pixel_classifier_one_tile_equals_many_tiles(tmp_path, classified, clien
 
 
 @pytest.mark.model
+@pytest.mark.slow
 def test_classifier_refuses_another_pixel_size(classified):
     slide, model = classified
     segmenter = ProbabilitiesSegmenter({"classifier": str(model)})

@@ -247,13 +247,15 @@ class ProbabilitiesSegmenter(Segmenter[ProbabilitiesOptions]):
                 f"trained at {classifier.pixel_size_um} um/px, the slide has "
                 f"{context.pixel_size_um} um/px; its features are in px, so train it on this slide."
             )
-        if "membrane" in classifier.inputs and membrane is None:
-            raise BackendError(
-                "the pixel classifier was trained on nuclear and membrane inputs but the run "
-                "has no membrane input; name the membrane channels in the panel "
-                "(and use compartment whole-cell or both)."
-            )
-        images = [nuclear] if classifier.inputs == ("nuclear",) else [nuclear, membrane]
+        images = [nuclear]
+        if "membrane" in classifier.inputs:
+            if membrane is None:
+                raise BackendError(
+                    "the pixel classifier was trained on nuclear and membrane inputs but the run "
+                    "has no membrane input; name the membrane channels in the panel "
+                    "(and use compartment whole-cell or both)."
+                )
+            images.append(membrane)
         maps = predict_pixels(classifier, images)
         return maps[classifier.classes.index("nucleus")], maps[classifier.classes.index("cytoplasm")]
 
