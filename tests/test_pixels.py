@@ -152,3 +152,12 @@ def test_train_pixels_command_on_a_slide(tmp_path):
         "--output", str(tmp_path / "model.npz"), "--sigmas", "0,1",
     ])
     assert bad.exit_code == 2 and "--sigmas" in bad.output
+
+
+def test_train_pixels_refuses_a_panel_store(tmp_path):
+    from tiled_seg.config import RunConfig
+    from tiled_seg.pixels import train_pixels
+
+    config = RunConfig().with_overrides(**{"panel.store": str(tmp_path / "probs.ome.zarr")})
+    with pytest.raises(ConfigError, match="not panel.store"):
+        train_pixels(tmp_path / "slide.ome.zarr", tmp_path / "a.tif", tmp_path / "m.npz", config=config)

@@ -189,6 +189,11 @@ def train_pixels(
     from tiled_seg.tiling import plan_tiles
 
     config = config or RunConfig()
+    if config.panel.store is not None:
+        raise ConfigError(
+            f"train-pixels reads the panel channels from SLIDE, not panel.store "
+            f"({config.panel.store}); give the store that holds them as SLIDE."
+        )
     slide = open_slide(slide_path, config.pixel_size_um)
     if slide.pixel_size_um is None:
         raise PixelSizeError(
