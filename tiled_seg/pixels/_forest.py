@@ -1,14 +1,15 @@
 """A random forest pixel classifier stored as arrays, and its numpy predict.
 
 Models are data: the forest is saved as the node arrays of its trees in an
-``.npz`` with a JSON header and read back with ``allow_pickle=False``, so
-loading a model never runs code from the file. Prediction walks the trees
-in numpy and needs no scikit-learn.
+``.npz`` with a JSON header, and read back array by array with
+``allow_pickle=False``, so loading a model never runs code from the file.
+Prediction walks the trees in numpy and needs no scikit-learn.
 """
 
 from __future__ import annotations
 
 import json
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -144,7 +145,7 @@ def save_classifier(classifier: PixelClassifier, path: str | Path) -> Path:
 
 
 def load_classifier(path: str | Path) -> PixelClassifier:
-    """Read a classifier written by :func:`save_classifier` (never unpickles).
+    """Read a classifier written by :func:`save_classifier` (plain arrays; never unpickles).
 
     Raises
     ------
@@ -160,10 +161,13 @@ def load_classifier(path: str | Path) -> PixelClassifier:
             "`tiled-seg train-pixels SLIDE --annotations LABELS --output MODEL.npz`."
         )
     try:
-        with np.load(path, allow_pickle=False) as data:
-            header = json.loads(bytes(data["header"]).decode())
-            arrays = {name: data[name] for name in (*_NODE_ARRAYS, "value", "roots")}
-    except (OSError, ValueError, KeyError) as error:
+        with zipfile.ZipFile(path) as archive:
+            # Plain arrays only: read_array refuses object arrays, which would unpickle.
+            data = {name: np.lib.format.read_array(archive.open(f"{name}.npy"), allow_pickle=False)
+                    for name in ("header", *_NODE_ARRAYS, "value", "roots")}
+        header = json.loads(bytes(data.pop("header")).decode())
+        arrays = data
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
         raise BackendError(
             f"{path} is not a tiled-seg pixel classifier ({error}); train one with "
             "`tiled-seg train-pixels`."
