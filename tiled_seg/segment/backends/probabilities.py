@@ -200,7 +200,8 @@ def identify_secondary(
     radius_px = 0.5 * options.max_cell_diameter_um / px
     if options.fill_holes:
         mask = _fill_small_holes(mask, math.pi * radius_px**2)
-    # The gradient per um against the distance in um, weighted by lambda.
+    # The gradient per um against the distance in um, weighted by lambda; a
+    # Gaussian derivative needs some width even when smoothing_um is 0.
     step = ndi.gaussian_gradient_magnitude(cytoplasm.astype(np.float32), max(sigma_px, 0.5),
                                            mode="nearest") / px
     cells = watershed(step, nuclei, mask=mask, compactness=options.regularization_factor * px)
