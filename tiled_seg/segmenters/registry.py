@@ -19,6 +19,7 @@ _BUILTIN = {
     "onnx": "tiled_seg.segmenters.onnx:OnnxSegmenter",
     "cellpose": "tiled_seg.segmenters.cellpose:CellposeSegmenter",
     "mesmer": "tiled_seg.segmenters.mesmer:MesmerSegmenter",
+    "stardist": "tiled_seg.segmenters.stardist:StardistSegmenter",
 }
 _ENTRY_POINT_GROUP = "tiled_seg.segmenters"
 
