@@ -31,7 +31,7 @@ Both tiled routes see the same input: the slide-wide 1st / 99.8th
 percentiles that tiled_seg computes (read from its run record) normalise the
 image for ``whole`` and ``big`` too. Printed: objects, F1 at IoU 0.5 between
 ``big`` and ``tiled_seg`` and of each against ``whole`` and the masks,
-pixels that are foreground in one tiled label image only, reference nuclei
+pixels that are foreground in one of two label images only, reference nuclei
 cut into two or more pieces (``tiled_seg.qc.cut_objects``
 against ``whole``) and how many of those lie on a block / tile edge, wall
 time and peak memory.
@@ -97,10 +97,6 @@ def bench_image(size: int, pixel_size_um: float) -> tuple[np.ndarray, np.ndarray
     return np.asarray(image[0]), np.asarray(nuclei), f"synthetic DNA1, {size} px"
 
 
-def _normalised(image: np.ndarray, low: float, high: float) -> np.ndarray:
-    return normalize_channel(image, low, high)
-
-
 def route_main(args: argparse.Namespace) -> None:
     """One route in this process; writes ``<route>.npy`` and ``<route>.json`` to the folder."""
     folder = Path(args.folder)
@@ -117,7 +113,7 @@ def route_main(args: argparse.Namespace) -> None:
     else:
         image = np.load(folder / "image.npy")
         stats = json.loads((folder / "stats.json").read_text())
-        x = _normalised(image, stats["low"], stats["high"])
+        x = normalize_channel(image, stats["low"], stats["high"])
         thresholds = dict(prob_thresh=model.thresholds.prob, nms_thresh=model.thresholds.nms)
         baseline = psutil.Process().memory_info().rss
         with PeakMemory() as memory:
@@ -219,7 +215,7 @@ def main() -> None:
 
             fit = slice(0, 512)
             low, high = np.percentile(image, (LOW_PERCENTILE, HIGH_PERCENTILE))
-            model = make_stardist_model(folder / "random16", _normalised(image[fit, fit], low, high),
+            model = make_stardist_model(folder / "random16", normalize_channel(image[fit, fit], low, high),
                                         truth[fit, fit])
         write_image(folder / "slide.ome.zarr", image[None], [CHANNEL], args.pixel_size_um,
                     chunk_px=min(256, args.block), overwrite=True)
@@ -246,6 +242,7 @@ def main() -> None:
                 "nuclei": int(len(np.unique(labels[route])) - 1),
                 "f1_vs_whole": match_labels(labels[route], labels["whole"]).f1,
                 "f1_vs_masks": match_labels(labels[route], truth).f1,
+                "fg_px_differ_vs_whole": int(((labels[route] > 0) != (labels["whole"] > 0)).sum()),
                 "cut": cut,
                 "cut_on_edges": on_edge,
                 "wall_s": figures[route]["wall_s"],

@@ -9,7 +9,7 @@ downloaded.
 
 Normalisation: StarDist users normalise each image with its own percentiles
 (``csbdeep.utils.normalize(img, 1, 99.8)``). Here the nuclear input already is
-0-1 with slide-wide percentiles (``normalize.low_percentile`` /
+0-1 with slide-wide percentiles (``normalization.low_percentile`` /
 ``high_percentile`` of the run), the same mapping for every tile, so the
 backend does not normalise again and tiles do not differ in contrast.
 
@@ -27,6 +27,19 @@ on the tile (``n_tiles`` unset), so the labels equal its labels:
   consecutive; cells are the nuclei grown by ``expansion_um`` with exclusive
   ownership (``skimage.segmentation.expand_labels``), so nucleus ``k`` lies
   inside cell ``k``.
+
+Tiles and seams: in a tile's core the network's outputs equal the whole
+slide's when the halo exceeds the network's receptive field (46 px for the
+depth-2 U-Net of the tests, 94 px for ``2D_versatile_fluo``'s depth 3), and
+so do the labels, but for the rare pair of overlapping polygons that StarDist's
+greedy NMS resolves otherwise among another set of candidates; the automatic halo
+(``max_cell_diameter_um``) only makes sure nuclei are seen whole, and the
+stitching absorbs what differs beyond it. StarDist drops
+candidates within 2 grid px of the padded image's end, so at the slide's
+bottom and right edges a tile padded differently from the whole slide keeps
+or drops other edge objects: with ``tile_px`` and the halo (px) multiples of
+``div_by`` (8 here, 16 for ``2D_versatile_fluo``) every tile ends where the
+whole slide would.
 
 ``n_tiles`` (StarDist's own tiling of one tile, to bound the network's memory)
 has no staged form: with it the backend runs ``predict_instances`` in one
