@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-interop clean
+.PHONY: demo test test-quick typecheck test-interop clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,8 +28,16 @@ $(VENV)/.test-installed: pyproject.toml Makefile | $(BIN)/python
 demo: $(VENV)/.demo-installed
 	$(BIN)/tiled-seg demo
 
-test: $(VENV)/.test-installed
+test: typecheck
 	$(BIN)/python -m pytest
+
+typecheck: $(VENV)/.test-installed
+	$(BIN)/python -m mypy
+
+# The tests that start no cluster, load no model library and take under a
+# second or two each (markers in tests/conftest.py): about a minute.
+test-quick: $(VENV)/.test-installed
+	$(BIN)/python -m pytest -m "not slow and not cluster and not model"
 
 # spatialdata pins an older dask and napari-ome-zarr needs napari, so the
 # readers that need them get their own environment.

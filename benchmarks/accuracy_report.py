@@ -6,7 +6,7 @@ Run from the repository root::
 
 Each case converts the input with ``tiled_seg.io.convert.convert``, runs
 ``tiled_seg.pipeline.run`` (tiles, stitching, measurement) and scores the
-stitched labels with ``tiled_seg.evaluate.evaluate_paths`` (what
+stitched labels with ``tiled_seg.quality.evaluate.evaluate_paths`` (what
 ``tiled-seg evaluate PRED GT --json`` prints):
 
 1. MIBI-TOF fov8 whole cells (``configs/mibi.yaml``; once as configured, one
@@ -34,13 +34,13 @@ from typing import Any
 import numpy as np
 from distributed import Client
 
-from tiled_seg.coexpression import coexpression, marker_thresholds
 from tiled_seg.config import RunConfig, load_config
-from tiled_seg.evaluate import evaluate_paths
 from tiled_seg.io.convert import convert
 from tiled_seg.io.tables import read_parquet
+from tiled_seg.measure.redsea import REDSEA_SUFFIX, compensate_store, redsea_arrays
 from tiled_seg.pipeline import run
-from tiled_seg.redsea import REDSEA_SUFFIX, compensate_store, redsea_arrays
+from tiled_seg.quality.coexpression import coexpression, marker_thresholds
+from tiled_seg.quality.evaluate import evaluate_paths
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"

@@ -12,7 +12,7 @@ Prints object F1 at IoU 0.5 for
 3. a synthetic slide from ``tiled_seg.synth`` (when that module exists),
 
 and the backend's runtime per megapixel. Inputs are normalised as the
-pipeline does (``tiled_seg.normalize``): per channel
+pipeline does (``tiled_seg.segment.normalize``): per channel
 ``clip((x - p1) / (p99.5 - p1), 0, 1)`` with whole-image percentiles, channels
 averaged, thresholds = Otsu of the result.
 """
@@ -30,10 +30,10 @@ import numpy as np
 import tifffile
 
 from tiled_seg.config import load_config
-from tiled_seg.evaluate import match_labels
-from tiled_seg.normalize import build_inputs, compute_slide_stats
-from tiled_seg.segmenters.base import SlideContext
-from tiled_seg.segmenters.watershed import WatershedSegmenter
+from tiled_seg.quality.evaluate import match_labels
+from tiled_seg.segment.backends.base import SlideContext
+from tiled_seg.segment.backends.watershed import WatershedSegmenter
+from tiled_seg.segment.normalize import build_inputs, compute_slide_stats
 
 SYNTH_NUCLEAR = ["DNA1", "DNA2"]
 SYNTH_MEMBRANE = ["NaKATPase", "CD44", "CD45"]

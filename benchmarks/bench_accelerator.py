@@ -46,8 +46,8 @@ from tiled_seg.cluster import GPU, accelerator_cluster, connect
 from tiled_seg.config import RunConfig
 from tiled_seg.pipeline import run
 from tiled_seg.pipeline._run import _open_inputs, _plan, _slide_stats, _tile_job
-from tiled_seg.pipeline._tiles import predict_batch, prepare_tile
-from tiled_seg.segmenters import get_segmenter
+from tiled_seg.pipeline._segment import predict_batch, prepare_tile
+from tiled_seg.segment.backends import get_segmenter
 from tiled_seg.synth import make_slide
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,7 +91,7 @@ def _limit_threads(threads: int) -> None:
 
 def _load_model(name: str, options: dict[str, Any]) -> int:
     """On an accelerator worker: build the model before the clock starts."""
-    get_segmenter(name, options).load()
+    get_segmenter(name, options).model
     return os.getpid()
 
 

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from tiled_seg.errors import BackendError
-from tiled_seg.segmenters import SlideContext, get_segmenter
+from tiled_seg.segment.backends import SlideContext, get_segmenter
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 MIBI = DATA / "mibi_tnbc_fov8" / "fov8_mesmer_input_2ch.tif"
@@ -140,7 +140,7 @@ def onnx_f1() -> float:
     """Nuclear F1 (IoU 0.5) of the onnx backend on the StarDist image."""
     import tifffile
 
-    from tiled_seg.evaluate import match_labels
+    from tiled_seg.quality.evaluate import match_labels
 
     image = tifffile.imread(DATA / "nuclei_stardist" / "img2d.tif").astype(np.float32)
     truth = tifffile.imread(DATA / "nuclei_stardist" / "mask2d.tif")

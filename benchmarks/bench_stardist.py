@@ -32,7 +32,7 @@ percentiles that tiled_seg computes (read from its run record) normalise the
 image for ``whole`` and ``big`` too. Printed: objects, F1 at IoU 0.5 between
 ``big`` and ``tiled_seg`` and of each against ``whole`` and the masks,
 pixels that are foreground in one of two label images only, reference nuclei
-cut into two or more pieces (``tiled_seg.qc.cut_objects``
+cut into two or more pieces (``tiled_seg.quality.qc.cut_objects``
 against ``whole``) and how many of those lie on a block / tile edge, wall
 time and peak memory.
 """
@@ -52,10 +52,10 @@ import psutil
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_pipeline import PeakMemory, print_row, slide_folder  # noqa: E402
 
-from tiled_seg.evaluate import match_labels  # noqa: E402
+from tiled_seg.quality.evaluate import match_labels  # noqa: E402
 from tiled_seg.io.ngff import write_image  # noqa: E402
-from tiled_seg.normalize import normalize_channel  # noqa: E402
-from tiled_seg.qc import cut_objects  # noqa: E402
+from tiled_seg.segment.normalize import normalize_channel  # noqa: E402
+from tiled_seg.quality.qc import cut_objects  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "nuclei_stardist"
 CHANNEL = "DNA"
@@ -102,10 +102,10 @@ def route_main(args: argparse.Namespace) -> None:
     folder = Path(args.folder)
     setup = json.loads((folder / "setup.json").read_text())
     options = {"model": setup["model"], "expansion_um": 0.0}
-    from tiled_seg.segmenters import SlideContext, get_segmenter
+    from tiled_seg.segment.backends import SlideContext, get_segmenter
 
     segmenter = get_segmenter("stardist", options)
-    model = segmenter.load()
+    model = segmenter.model
     warm = np.zeros((256, 256), np.float32)
     segmenter.segment(warm, None, SlideContext(args.pixel_size_um))
     if args.route == "tiled_seg":

@@ -9,9 +9,16 @@ SpatialData attributes, steinbock's readers on ``measure --steinbock``, and
 ngff-zarr's validation where ngff-zarr is installed (image strict; the label's
 strict schema wants a ``colors`` list, which tiled_seg deliberately omits).
 """
-import subprocess, sys, warnings, json, shutil, importlib.util
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+import warnings
 from pathlib import Path
+
 import numpy as np
+
 warnings.simplefilter("ignore")
 B = Path(sys.executable).parent
 work = Path(sys.argv[1]); shutil.rmtree(work, ignore_errors=True); work.mkdir()
@@ -28,14 +35,16 @@ for v in ("0.5", "0.4"):
     sh("measure", f"in{v}.ome.zarr", "--overwrite", "--steinbock", f"sb{v}")
     for kind, store in (("in-place", f"in{v}.ome.zarr"), ("--output", f"out{v}.ome.zarr")):
         p = str(work / store); res = {}
-        import ome_zarr_models, yaozarrs
+        import ome_zarr_models
+        import yaozarrs
         try:
             ome_zarr_models.open_ome_zarr(p); yaozarrs.validate_zarr_store(p)
             for lab in ("cells", "nuclei"):
                 ome_zarr_models.open_ome_zarr(f"{p}/labels/{lab}"); yaozarrs.validate_zarr_store(f"{p}/labels/{lab}")
             res["ome-zarr-models + yaozarrs"] = "pass"
         except Exception as e: res["ome-zarr-models + yaozarrs"] = f"FAIL {e!r}"[:200]
-        from ome_zarr.io import parse_url; from ome_zarr.reader import Reader
+        from ome_zarr.io import parse_url
+        from ome_zarr.reader import Reader
         nodes = list(Reader(parse_url(p))())
         info = subprocess.run([str(B / "ome_zarr"), "info", p], capture_output=True, text=True).stdout
         res["ome-zarr Reader / ome_zarr info"] = f"{len(nodes)} nodes, info {len(info.splitlines())} lines"

@@ -24,12 +24,12 @@ import json
 from pathlib import Path
 
 from tiled_seg.cluster import connect
-from tiled_seg.coexpression import coexpression
 from tiled_seg.config import load_config
 from tiled_seg.io.convert import convert
 from tiled_seg.io.tables import read_parquet
 from tiled_seg.measure import measure_store
 from tiled_seg.pipeline import run
+from tiled_seg.quality.coexpression import coexpression
 from tiled_seg.synth import make_slide
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,7 +9,7 @@ from pathlib import Path
 import tiled_seg
 from tiled_seg.cluster import connect
 from tiled_seg.config import load_config
-from tiled_seg.evaluate import match_labels
+from tiled_seg.quality.evaluate import match_labels
 from tiled_seg.pipeline import run
 from tiled_seg.synth import make_slide
 

@@ -1,4 +1,10 @@
-"""Shared test helpers: the real-data folder and a marker that skips without it."""
+"""Shared test helpers: the real-data folder, a marker that skips without it, shared fixtures.
+
+Markers (registered in pyproject.toml): ``slow`` (more than a second or two),
+``cluster`` (starts a Dask cluster: every test using the ``client`` fixture
+gets it here) and ``model`` (needs a model library: the backend test modules,
+and every test using ``map_model``). ``make test-quick`` runs the rest.
+"""
 
 from __future__ import annotations
 
@@ -35,6 +41,33 @@ def client():
                       dashboard_address=None) as cluster, \
             Client(cluster, set_as_default=False) as shared:
         yield shared
+
+
+#: Test modules that exercise a model library (TensorFlow, PyTorch, onnxruntime).
+_MODEL_MODULES = {"test_cellpose.py", "test_mesmer.py", "test_mesmer_deepcell.py", "test_onnx.py"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark tests by what they start: a cluster (the ``client`` fixture) or a model."""
+    for item in items:
+        fixtures = getattr(item, "fixturenames", ())
+        if "client" in fixtures:
+            item.add_marker(pytest.mark.cluster)
+        if "map_model" in fixtures or item.path.name in _MODEL_MODULES:
+            item.add_marker(pytest.mark.model)
+
+
+@pytest.fixture(scope="session")
+def small_slide(tmp_path_factory: pytest.TempPathFactory):
+    """A 128 x 128 px synthetic slide in 32 px chunks, shared by the tests of a session.
+
+    Read-only: tests that run on it write to another ``--output`` (a test that
+    changes it in place makes its own slide).
+    """
+    from tiled_seg.synth import make_slide
+
+    return make_slide(tmp_path_factory.mktemp("small_slide") / "slide.ome.zarr",
+                      size=(128, 128), seed=5, chunk_px=32)
 
 
 @pytest.fixture(scope="session")

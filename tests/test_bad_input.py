@@ -24,8 +24,8 @@ from tiled_seg.errors import (
     TileLayoutError,
 )
 from tiled_seg.io.ngff import open_slide, read_labels, write_image
-from tiled_seg.pipeline import _tiles
-from tiled_seg.segmenters import Segmentation
+from tiled_seg.pipeline import _segment
+from tiled_seg.segment.backends import Segmentation
 from tiled_seg.synth import make_slide
 from tiled_seg.tiling import plan_tiles
 
@@ -154,6 +154,7 @@ def test_missing_pixel_size_is_asked_for(tmp_path, slide):
     assert code == 2 and "does not state its pixel size" in output and "--pixel-size-um" in output
 
 
+@pytest.mark.slow
 def test_nonfinite_blank_and_saturated_regions(tmp_path, slide, client):
     image = np.asarray(open_slide(slide.path).data).astype(np.float32)
     top = float(image.max())
@@ -199,7 +200,7 @@ def test_corrupted_chunk_is_named(tmp_path, slide, client):
     )
     tile = plan_tiles((SIZE, SIZE), 64, 16, (CHUNK, CHUNK)).tiles[1]
     with pytest.raises(CorruptChunkError, match=r"tile 1, .*'DNA1' at y 32-64, x 64-96"):
-        _tiles.read_extended(job, tile)
+        _segment.read_extended(job, tile)
 
 
 class _HugeIds:
@@ -212,7 +213,7 @@ class _HugeIds:
 
 
 def test_more_ids_than_uint32_names_the_tile(tmp_path, slide, monkeypatch):
-    monkeypatch.setattr(_tiles, "get_segmenter", lambda name, options: _HugeIds())
+    monkeypatch.setattr(_segment, "get_segmenter", lambda name, options: _HugeIds())
     # Threads in this process, so the patched backend is the one the tiles use.
     with Client(processes=False, n_workers=1, threads_per_worker=1,
                 dashboard_address=None) as local:

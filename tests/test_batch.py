@@ -9,10 +9,10 @@ import zarr
 from click.testing import CliRunner
 
 from tiled_seg._cli import main
-from tiled_seg.batch import expand_slides, output_for, run_batch
 from tiled_seg.config import RunConfig
 from tiled_seg.errors import ConfigError, InputNotFoundError
 from tiled_seg.io import list_labels, read_labels
+from tiled_seg.pipeline.batch import expand_slides, output_for, run_batch
 from tiled_seg.synth import make_slide
 
 CONFIG = RunConfig(measure=False).with_overrides(**{"tiling.tile_px": 64})
@@ -27,6 +27,7 @@ def folder(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_one_broken_slide_does_not_stop_the_others(tmp_path, folder, client):
     slides = expand_slides([str(folder / "*.ome.zarr")])
     assert [s.rsplit("/", 1)[-1] for s in slides] == ["a.ome.zarr", "b.ome.zarr", "broken.ome.zarr"]
@@ -48,6 +49,7 @@ def test_one_broken_slide_does_not_stop_the_others(tmp_path, folder, client):
     assert summary["slides"][0]["n_tiles"] == 4
 
 
+@pytest.mark.slow
 def test_cli_batch_writes_per_slide_summary(tmp_path, folder, client):
     summary = tmp_path / "run.json"
     result = CliRunner().invoke(main, [

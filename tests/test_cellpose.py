@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from tiled_seg.errors import BackendError
-from tiled_seg.segmenters import SlideContext
-from tiled_seg.segmenters import cellpose as cp_backend
+from tiled_seg.segment.backends import SlideContext
+from tiled_seg.segment.backends import cellpose as cp_backend
 
 pytest.importorskip("cellpose")
 torch = pytest.importorskip("torch")
@@ -45,6 +45,7 @@ def _consecutive(labels: np.ndarray) -> bool:
     return bool(np.array_equal(ids[ids > 0], np.arange(1, ids[ids > 0].size + 1)))
 
 
+@pytest.mark.slow
 def test_segment_both_through_cellpose_eval(random_weights: str) -> None:
     seg = cp_backend.CellposeSegmenter(
         dict(pretrained_model=random_weights, nuclear_model=random_weights, gpu=False,
@@ -60,6 +61,7 @@ def test_segment_both_through_cellpose_eval(random_weights: str) -> None:
     assert np.array_equal(result.nuclei[inside], result.cells[inside])
 
 
+@pytest.mark.slow
 def test_nuclear_compartment_and_missing_membrane(random_weights: str) -> None:
     seg = cp_backend.CellposeSegmenter(
         dict(nuclear_model=random_weights, compartment="nuclear", gpu=False, nucleus_diameter_um=30.0)
@@ -70,6 +72,7 @@ def test_nuclear_compartment_and_missing_membrane(random_weights: str) -> None:
     assert result.cells.shape == nuclear.shape and _consecutive(result.cells)
 
 
+@pytest.mark.slow
 def test_models_load_once(random_weights: str) -> None:
     seg = cp_backend.CellposeSegmenter(dict(pretrained_model=random_weights, compartment="whole-cell", gpu=False,
              cell_diameter_um=30.0))
@@ -93,9 +96,10 @@ def test_gpu_true_without_cuda_is_an_error(random_weights: str) -> None:
         pytest.skip("a CUDA GPU is present")
     seg = cp_backend.CellposeSegmenter(dict(pretrained_model=random_weights, gpu=True))
     with pytest.raises(BackendError, match="no CUDA"):
-        seg.load()
+        seg.model
 
 
+@pytest.mark.slow
 def test_backend_equals_cellpose_model_eval_on_the_same_tile(random_weights: str) -> None:
     from cellpose import models
 

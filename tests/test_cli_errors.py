@@ -24,11 +24,11 @@ from click.testing import CliRunner
 
 from tiled_seg import pipeline
 from tiled_seg._cli import main
-from tiled_seg._manifest import SCRATCH_SUFFIX
 from tiled_seg.config import RunConfig
 from tiled_seg.errors import OutputExistsError, RunLockedError
 from tiled_seg.io.ngff import list_labels, write_labels
 from tiled_seg.pipeline._lock import lock_path, run_lock
+from tiled_seg.pipeline.state import SCRATCH_SUFFIX
 from tiled_seg.synth import make_slide
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,9 +37,9 @@ CHUNK = 32
 
 
 @pytest.fixture(scope="module")
-def slide(tmp_path_factory):
-    return make_slide(tmp_path_factory.mktemp("slides") / "slide.ome.zarr",
-                      size=(SIZE, SIZE), seed=5, chunk_px=CHUNK)
+def slide(small_slide):
+    assert small_slide.shape[1:] == (SIZE, SIZE)
+    return small_slide
 
 
 def _tree_hash(path: Path) -> str:
@@ -155,16 +155,16 @@ def test_os_errors_of_every_verb_are_one_line(tmp_path, slide, monkeypatch):
     """A read-only disk (EROFS from the library) is one line naming the path, exit 2."""
     import errno
 
-    import tiled_seg.expand
     import tiled_seg.io.convert
     import tiled_seg.measure
     import tiled_seg.report
+    import tiled_seg.segment.expand
 
     def read_only(*args, **kwargs):
         raise OSError(errno.EROFS, "Read-only file system", str(tmp_path / "ro" / "x"))
 
     for module, name in [(tiled_seg.io.convert, "convert"), (tiled_seg.measure, "measure_store"),
-                         (tiled_seg.expand, "expand_store"), (tiled_seg.report, "write_report")]:
+                         (tiled_seg.segment.expand, "expand_store"), (tiled_seg.report, "write_report")]:
         monkeypatch.setattr(module, name, read_only)
     for args in (["convert", "in.tif", str(tmp_path / "ro" / "x")], ["measure", slide.path],
                  ["expand", slide.path, "--radius-um", "2"], ["report", slide.path]):
@@ -242,17 +242,15 @@ def test_help_imports_no_library():
 
 def test_choices_match_the_library():
     from tiled_seg._cli.measure import measure_cmd
-    from tiled_seg.measure._store import NEIGHBOURS
-
     from tiled_seg.measure._morphology import MORPHOLOGIES
+    from tiled_seg.measure._store import NEIGHBOURS
 
     choices = {p.name: tuple(p.type.choices) for p in measure_cmd.params
                if isinstance(p.type, click.Choice)}
     assert choices["neighbours"] == NEIGHBOURS and choices["morphology"] == MORPHOLOGIES
+    from tiled_seg._cli.export import spatialdata_cmd
     from tiled_seg._cli.report import report_cmd
     from tiled_seg.io.tables import DEFAULT_TABLE
-
-    from tiled_seg._cli.export import spatialdata_cmd
 
     for command in (measure_cmd, report_cmd, spatialdata_cmd):
         (table,) = [p for p in command.params if p.name in ("table", "table_name") and not p.hidden]
@@ -309,9 +307,9 @@ class _Broken:
 def test_failed_run_is_recorded_and_a_retry_needs_no_overwrite(tmp_path, slide, monkeypatch):
     from distributed import Client
 
-    from tiled_seg.pipeline import _tiles
+    from tiled_seg.pipeline import _segment
 
-    monkeypatch.setattr(_tiles, "get_segmenter", lambda name, options: _Broken())
+    monkeypatch.setattr(_segment, "get_segmenter", lambda name, options: _Broken())
     output = tmp_path / "out.zarr"
     config = RunConfig(measure=False).with_overrides(**{"tiling.tile_px": 64})
     with Client(processes=False, n_workers=1, threads_per_worker=1,
@@ -328,14 +326,15 @@ def test_failed_run_is_recorded_and_a_retry_needs_no_overwrite(tmp_path, slide, 
     assert pipeline.check_run(slide.path, config, output=output) == str(output)
 
 
+@pytest.mark.slow
 def test_retry_in_place_replaces_only_the_failed_runs_labels(tmp_path, slide, monkeypatch):
     from distributed import Client
 
-    from tiled_seg.pipeline import _tiles
+    from tiled_seg.pipeline import _segment
 
     store = tmp_path / "inplace.ome.zarr"
     make_slide(store, size=(SIZE, SIZE), seed=5, chunk_px=CHUNK)
-    monkeypatch.setattr(_tiles, "get_segmenter", lambda name, options: _Broken())
+    monkeypatch.setattr(_segment, "get_segmenter", lambda name, options: _Broken())
     config = RunConfig(measure=False).with_overrides(**{"tiling.tile_px": 64})
     with Client(processes=False, n_workers=1, threads_per_worker=1,
                 dashboard_address=None) as local:
@@ -365,7 +364,7 @@ def _plugin(tmp_path: Path, body: str) -> dict[str, str]:
     (site / "probe_backend.py").write_text(
         "import time\n"
         "from tiled_seg.errors import BackendError\n"
-        "from tiled_seg.segmenters.watershed import WatershedSegmenter\n\n"
+        "from tiled_seg.segment.backends.watershed import WatershedSegmenter\n\n"
         "class Probe(WatershedSegmenter):\n"
         "    name = 'probe'\n\n"
         "    def segment(self, nuclear, membrane, context):\n" + body
@@ -381,6 +380,7 @@ def _tiled_seg(*args: str, env: dict[str, str]) -> subprocess.Popen:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_ctrl_c_during_tiles(tmp_path, slide):
     env = _plugin(tmp_path, "        time.sleep(1.0)\n"
@@ -404,6 +404,7 @@ def test_ctrl_c_during_tiles(tmp_path, slide):
     assert not Path(lock_path(str(output))).exists()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_backend_failing_in_a_worker_is_one_line(tmp_path, slide):
     env = _plugin(tmp_path, "        raise BackendError('probe failed; fix the probe')\n")
@@ -444,6 +445,7 @@ def test_info_shows_the_chunk_size(slide):
     assert result.exit_code == 0 and f"chunk (YX):   {CHUNK} x {CHUNK} px" in result.output
 
 
+@pytest.mark.slow
 def test_run_h5ad_and_the_nuclear_only_note(tmp_path, slide, client):
     address = client.scheduler.address
     h5ad = tmp_path / "cells.h5ad"

@@ -23,7 +23,7 @@ from tiled_seg.cluster import (
     slurm_cluster,
 )
 from tiled_seg.config import ClusterConfig, KubernetesConfig, RunConfig, SlurmConfig
-from tiled_seg.errors import BackendError, ConfigError
+from tiled_seg.errors import ClusterError, ConfigError
 from tiled_seg.io import read_labels
 from tiled_seg.pipeline import run
 from tiled_seg.synth import make_slide
@@ -85,6 +85,7 @@ def scheduler_address():
                 proc.kill()
 
 
+@pytest.mark.slow
 def test_existing_scheduler_gives_same_labels_as_local(tmp_path, slide, local_labels,
                                                        scheduler_address):
     output = tmp_path / "remote.zarr"
@@ -112,7 +113,7 @@ def test_gpu_resources_route_only_gpu_backends():
 
 @pytest.mark.skipif(count_gpus() > 0, reason="this machine has a GPU; the no-GPU error cannot occur")
 def test_local_cuda_without_gpu_is_a_clear_error(tmp_path, slide):
-    with pytest.raises(BackendError, match="no GPU.*--cluster local"):
+    with pytest.raises(ClusterError, match="no GPU.*--cluster local"):
         with connect("local-cuda"):
             pass
     result = CliRunner().invoke(main, ["run", str(slide.path), "--cluster", "local-cuda",

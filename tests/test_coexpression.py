@@ -6,15 +6,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tiled_seg.coexpression import (
+from tiled_seg.errors import ChannelError, ConfigError
+from tiled_seg.quality.coexpression import (
     binned_rates,
     coexpression,
     marker_thresholds,
     resolve_marker,
-    seam_check,
-    seam_distance_px,
 )
-from tiled_seg.errors import ChannelError, ConfigError
+from tiled_seg.quality.seams import seam_check, seam_distance_px
+from tiled_seg.tiling import plan_tiles
 
 
 def _table() -> pd.DataFrame:
@@ -73,10 +73,11 @@ def test_tile_map_and_seam_check() -> None:
     assert counts.tolist() == [[3, 1], [3, 1]]
     np.testing.assert_allclose(rates, [[1 / 3, 1.0], [1 / 3, 0.0]])
     # Seams at y = 99.5 and x = 99.5; cells 3, 4 (y 99/101) and 6 (x 98) lie within 5 px.
-    distance = seam_distance_px(table, 100, (200, 200))
+    grid = plan_tiles((200, 200), 100, 5)
+    distance = seam_distance_px(table, grid)
     assert np.flatnonzero(distance <= 5).tolist() == [2, 3, 5]
-    check = seam_check(table, flags, tile_px=100, halo_px=5, shape_yx=(200, 200))
+    check = seam_check(table, flags, grid)
     assert (check.n_near, check.n_interior) == (3, 5)
     assert check.near_rate == pytest.approx(1 / 3) and check.interior_rate == pytest.approx(2 / 5)
-    no_seams = seam_check(table, flags, tile_px=512, halo_px=5, shape_yx=(200, 200))
+    no_seams = seam_check(table, flags, plan_tiles((200, 200), 512, 5))
     assert no_seams.n_near == 0 and np.isnan(no_seams.near_rate)

@@ -1,5 +1,6 @@
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tiled_seg.config import RunConfig, load_config
@@ -57,6 +58,23 @@ def test_overrides_are_validated():
     assert config.backend.name == "watershed"
     with pytest.raises(ConfigError, match="tile_px"):
         RunConfig().with_overrides(**{"tiling.tile_px": -3})
+
+
+@pytest.mark.parametrize("value", [1.0, -0.1, 1.5])
+def test_min_overlap_outside_what_stitching_takes_is_refused_by_the_config(value):
+    """The config takes exactly the IoU range match_tiles takes, [0, 1): nothing fails in a worker."""
+    from tiled_seg.tiling import plan_tiles
+    from tiled_seg.tiling.match import match_tiles
+
+    with pytest.raises(ConfigError, match="min_overlap"):
+        RunConfig().with_overrides(**{"tiling.min_overlap": value})
+    grid = plan_tiles((20, 40), 20, 4)
+    labels = [np.ones(t.halo.shape, np.int32) for t in grid.tiles]
+    with pytest.raises(ConfigError, match="min_overlap"):
+        match_tiles(grid.tiles[0], labels[0], grid.tiles[1], labels[1], min_overlap=value)
+    for accepted in (0.0, 0.99):
+        overlap = RunConfig().with_overrides(**{"tiling.min_overlap": accepted}).tiling.min_overlap
+        match_tiles(grid.tiles[0], labels[0], grid.tiles[1], labels[1], min_overlap=overlap)
 
 
 def test_empty_nuclear_panel_is_refused():

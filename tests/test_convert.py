@@ -176,6 +176,7 @@ def test_mibitiff_without_size_needs_the_pixel_size(tmp_path):
     assert open_slide(tmp_path / "b.ome.zarr").pixel_size_um == pytest.approx(0.39)
 
 
+@pytest.mark.slow
 @requires_data(MIBI)
 def test_real_mibitiff(tmp_path):
     source = DATA / MIBI

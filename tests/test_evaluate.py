@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from tiled_seg._cli import main
 from tiled_seg.errors import AxesError, ConfigError
-from tiled_seg.evaluate import contingency, match_from_contingency, match_labels
+from tiled_seg.quality.evaluate import contingency, match_from_contingency, match_labels
 
 
 def _box(labels: np.ndarray, k: int, y: int, x: int, h: int, w: int) -> None:
@@ -150,7 +150,7 @@ def test_cli_on_ngff_labels(tmp_path) -> None:
 def test_chunked_evaluation_equals_whole(chunks) -> None:
     import dask.array as da
 
-    from tiled_seg.evaluate import contingency_dask
+    from tiled_seg.quality.evaluate import contingency_dask
 
     pred, true = _scene()
     # Chunks smaller than the objects: every object spans several blocks.
@@ -162,8 +162,8 @@ def test_chunked_evaluation_equals_whole(chunks) -> None:
 
 
 def test_evaluate_paths_on_chunked_ngff(tmp_path) -> None:
-    from tiled_seg.evaluate import evaluate_paths, open_label_image
     from tiled_seg.io import write_image, write_labels
+    from tiled_seg.quality.evaluate import evaluate_paths, open_label_image
 
     rng = np.random.default_rng(3)
     true = np.kron(rng.integers(0, 50, (12, 12)), np.ones((6, 6), np.int64)).astype(np.uint32)
@@ -176,7 +176,7 @@ def test_evaluate_paths_on_chunked_ngff(tmp_path) -> None:
     lazy = open_label_image(f"{store}/labels/cells", chunk_px=16)
     assert lazy.chunksize == (16, 16)
     assert open_label_image(f"{store}/labels/cells").chunksize == true.shape
-    from tiled_seg.evaluate import contingency_dask, match_from_contingency
+    from tiled_seg.quality.evaluate import contingency_dask, match_from_contingency
 
     blocked = contingency_dask(lazy, open_label_image(f"{store}/labels/gt", chunk_px=16))
     assert match_from_contingency(blocked, 0.5) == match_labels(pred, true)

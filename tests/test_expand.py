@@ -10,8 +10,8 @@ from skimage.segmentation import expand_labels
 
 from tiled_seg._cli import main
 from tiled_seg.errors import ConfigError, OutputExistsError
-from tiled_seg.expand import expand_labels_dask, expand_store
 from tiled_seg.io.ngff import read_labels, write_image, write_labels
+from tiled_seg.segment.expand import expand_labels_dask, expand_store
 
 
 def _nuclei(shape: tuple[int, int], n: int, seed: int) -> np.ndarray:

@@ -11,11 +11,10 @@ import pytest
 import zarr
 from distributed import Client, LocalCluster
 
-from tiled_seg._manifest import create_scratch
 from tiled_seg.config import RunConfig
 from tiled_seg.io.ngff import read_labels
 from tiled_seg.pipeline import run
-from tiled_seg.pipeline._tiles import write_scratch
+from tiled_seg.pipeline.state import create_scratch, write_scratch
 from tiled_seg.synth import make_slide
 from tiled_seg.tiling import plan_tiles
 
@@ -33,6 +32,7 @@ def _config() -> RunConfig:
     return RunConfig(measure=False).with_overrides(**{"tiling.tile_px": TILE})
 
 
+@pytest.mark.slow
 def test_killed_worker_does_not_fail_the_run(tmp_path, slide):
     # Each tile may be lost with a worker a few times before the run fails.
     with dask.config.set({"distributed.scheduler.allowed-failures": 3}), LocalCluster(

@@ -1,4 +1,4 @@
-"""Tests of tiled_seg.info and the ``tiled-seg info`` verb."""
+"""Tests of tiled_seg.pipeline.info and the ``tiled-seg info`` verb."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from click.testing import CliRunner
 
 from tiled_seg._cli import main
 from tiled_seg.errors import InputNotFoundError, NotNGFFError
-from tiled_seg.info import LabelInfo, describe
 from tiled_seg.io.ngff import write_image, write_labels
+from tiled_seg.pipeline.info import LabelInfo, describe
 
 NAMES = ["DNA", "CD3"]
 
@@ -58,7 +58,7 @@ def test_describe_full_store(tmp_path, version):
         LabelInfo("nuclei", "uint16", ((600, 530), (300, 265))),
     )
     assert info.tables == ("cells", "nuclei.parquet")
-    assert info.run_state == {"status": "running", "tiles_done": 3, "tiles_total": 8}
+    assert info.run_state is not None and info.run_state.status == "running"
 
     text = info.format()
     for expected in ["NGFF version: " + version, "2 x 600 x 530  uint16", "0.4 um/px",

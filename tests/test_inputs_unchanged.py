@@ -57,6 +57,7 @@ def test_convert_leaves_its_source_untouched(tmp_path):
     assert _hash(source) == before
 
 
+@pytest.mark.slow
 def test_run_to_another_store_leaves_the_whole_input_untouched(tmp_path, slide, client):
     before = _hash(Path(slide.path))
     _cli("info", str(slide.path))
@@ -66,6 +67,7 @@ def test_run_to_another_store_leaves_the_whole_input_untouched(tmp_path, slide, 
     assert _hash(Path(slide.path)) == before
 
 
+@pytest.mark.slow
 def test_in_place_verbs_touch_only_labels_tables_and_run_record(tmp_path, slide, client):
     store = tmp_path / "slide.ome.zarr"
     shutil.copytree(slide.path, store)

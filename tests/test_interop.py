@@ -25,12 +25,12 @@ from click.testing import CliRunner
 
 from tiled_seg._cli import main
 from tiled_seg.config import RunConfig
-from tiled_seg.expand import expand_store
 from tiled_seg.io import list_labels, read_labels
 from tiled_seg.io.convert import convert
 from tiled_seg.io.tables import DEFAULT_TABLE, read_anndata_zarr
 from tiled_seg.measure import measure_store
 from tiled_seg.pipeline import run
+from tiled_seg.segment.expand import expand_store
 from tiled_seg.synth import make_slide
 
 VERSIONS = ["0.4", "0.5"]
@@ -95,6 +95,7 @@ def _config() -> RunConfig:
     return RunConfig().with_overrides(**{"tiling.tile_px": 64})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("version", VERSIONS)
 def test_synth_store(slides, version):
     ran = validate_store(Path(slides[version].path), ["gt_cells", "gt_nuclei"])
@@ -111,6 +112,7 @@ def test_convert_store(tmp_path, version):
     assert "ome-zarr-models" in validate_store(out, [])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("version", VERSIONS)
 def test_run_in_place_and_after_expand(tmp_path, slides, client, version):
     store = tmp_path / "inplace.ome.zarr"
@@ -122,6 +124,7 @@ def test_run_in_place_and_after_expand(tmp_path, slides, client, version):
     assert "ome-zarr-models" in validate_store(store, labels)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("version", VERSIONS)
 def test_output_store_is_an_image_store(tmp_path, slides, client, version):
     """A separate output store is a valid image store that every verb accepts."""

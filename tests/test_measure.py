@@ -8,28 +8,28 @@ import pandas as pd
 import pytest
 import zarr
 from click.testing import CliRunner
+from conftest import DATA, requires_data
 from scipy import ndimage
 from scipy.spatial.distance import cdist
 from skimage.measure import regionprops_table
 from skimage.segmentation import expand_labels
 
-from conftest import DATA, requires_data
 from tiled_seg._cli import main
 from tiled_seg.errors import ChannelError, ConfigError, OutputExistsError
 from tiled_seg.io.ngff import write_image, write_labels
-from tiled_seg.io.tables import read_anndata_zarr, read_parquet
 from tiled_seg.io.regions import RegionReader
+from tiled_seg.io.tables import read_anndata_zarr, read_parquet
 from tiled_seg.measure import (
     HULL_COLUMNS,
     MeasureJob,
     block_partials,
     border_pairs,
     combine_partials,
-    link_nuclei,
     measure_arrays,
     measure_block,
     measure_blocks,
     measure_store,
+    nucleus_per_cell,
     touching_pairs,
 )
 from tiled_seg.tiling import Box, plan_blocks
@@ -85,6 +85,7 @@ def test_intensities_match_regionprops(label_chunks, image_chunks, block_px) -> 
         assert np.array_equal(table[f"bbox_{corner}_px"], ref[f"bbox-{index}"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("block_px", [16, 48, 1024])
 def test_morphology_matches_regionprops(block_px) -> None:
     labels, image = _slide(seed=2)
@@ -187,7 +188,7 @@ def test_link_nuclei_by_maximum_overlap() -> None:
     # Cell 2 also holds nucleus 6 (8 px) and keeps it; cell 3 overlaps only
     # nucleus 7, which belongs to cell 1 by larger overlap elsewhere.
     pairs = np.array([[1, 5, 10], [2, 5, 4], [2, 6, 8], [1, 7, 2], [3, 7, 1]])
-    nucleus_id, overlap = link_nuclei(pairs, np.array([1, 2, 3, 4]))
+    nucleus_id, overlap = nucleus_per_cell(pairs, np.array([1, 2, 3, 4]))
     assert nucleus_id.tolist() == [5, 6, 0, 0]
     assert overlap.tolist() == [10, 8, 0, 0]
 
@@ -262,6 +263,7 @@ def test_measure_block_alone_equals_its_share_of_the_slide() -> None:
     assert len(part.touching) > 0
 
 
+@pytest.mark.slow
 def test_result_independent_of_chunking() -> None:
     labels, image = _slide(seed=6)
     tables = [
@@ -318,6 +320,7 @@ def test_measure_store_writes_tables(store, tmp_path) -> None:
         measure_store(path)
 
 
+@pytest.mark.slow
 def test_measure_store_border_neighbours(store, tmp_path) -> None:
     path, labels, _ = store
     result = measure_store(
@@ -348,6 +351,7 @@ def test_measure_store_channel_subset_and_errors(store) -> None:
         measure_store(path, channels=["nope"], table_name="x")
 
 
+@pytest.mark.slow
 def test_cli_measure(store, tmp_path) -> None:
     path, labels, _ = store
     run = CliRunner().invoke(main, ["measure", str(path), "--steinbock", str(tmp_path / "sb")])
@@ -400,6 +404,7 @@ def _fov8_store(tmp_path):
     return path, cells
 
 
+@pytest.mark.slow
 @requires_data(f"{FOV8}/fov8_mibitiff_22ch.tiff")
 @requires_data(f"{FOV8}/fov8_mesmer_labels.tif")
 def test_fov8_mibi_biology(tmp_path) -> None:

@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 
 from tiled_seg.errors import BackendError
-from tiled_seg.segmenters import SlideContext
-from tiled_seg.segmenters import _mesmer_processing as processing
-from tiled_seg.segmenters import mesmer
+from tiled_seg.segment.backends import SlideContext, mesmer
+from tiled_seg.segment.backends import _mesmer_processing as processing
 
 
 def _disk(shape: tuple[int, int], cy: float, cx: float, r: float) -> np.ndarray:
@@ -124,6 +123,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_savedmodel_loads_once_and_segments(tiny_model: Path) -> None:
     seg = mesmer.MesmerSegmenter(dict(model_path=str(tiny_model), use_deepcell_package=False, window_px=64))
     before = mesmer.model_loads()

@@ -9,15 +9,13 @@ A missing toolbox fails these tests with the reason; it never skips them.
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from tiled_seg.segmenters import SlideContext
-from tiled_seg.segmenters import _mesmer_processing as processing
-from tiled_seg.segmenters import mesmer
-from tiled_seg.segmenters._blended_windows import predict_blended
+from tiled_seg.segment.backends import SlideContext, mesmer
+from tiled_seg.segment.backends import _mesmer_processing as processing
+from tiled_seg.segment.backends._blended_windows import predict_blended
 
 INSTALL = (
     "pip install cython wheel setuptools opencv-python-headless && pip install "
@@ -29,7 +27,8 @@ INSTALL = (
 def toolbox():
     """deepcell_toolbox, or a failure that says why it is missing and how to install it."""
     try:
-        from deepcell_toolbox import deep_watershed, processing as dc_processing, utils
+        from deepcell_toolbox import deep_watershed, utils
+        from deepcell_toolbox import processing as dc_processing
     except ImportError as error:
         pytest.fail(
             f"deepcell-toolbox 0.12.1 is not importable ({error}); the DeepCell equality "
@@ -219,6 +218,7 @@ def _tissue(shape=(150, 170), seed=6) -> tuple[np.ndarray, np.ndarray]:
     return (nuclear + noise[0]).astype(np.float32), (0.5 * membrane + noise[1]).astype(np.float32)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("compartment", ["both", "whole-cell", "nuclear"])
 def test_backend_equals_deepcell_mesmer_on_the_model_outputs(toolbox, map_model, compartment) -> None:
     nuclear, membrane = _tissue()
@@ -228,7 +228,7 @@ def test_backend_equals_deepcell_mesmer_on_the_model_outputs(toolbox, map_model,
     image = np.stack([nuclear, membrane], axis=-1)
     prepared = processing.preprocess(processing.resize_input(image, pixel_size_um, 0.5))
     ours = seg.label_stack(seg.predict_maps(prepared), nuclear.shape)
-    theirs = _deepcell_mesmer(toolbox, seg.load(), image[None], pixel_size_um, 64, compartment)
+    theirs = _deepcell_mesmer(toolbox, seg.model, image[None], pixel_size_um, 64, compartment)
     for index, name in enumerate(ours):
         assert theirs[..., index].max() > 20, name
         assert _differing(ours[name], theirs[..., index]) == 0, name

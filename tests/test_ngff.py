@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import dask.array as da
 import numpy as np
-from scipy import ndimage
 import pytest
 import zarr
 from ome_zarr.format import FormatV04, FormatV05
 from ome_zarr.io import parse_url
 from ome_zarr.reader import Label, Reader
 from ome_zarr.writer import write_image as ome_write_image
+from scipy import ndimage
 
 from tiled_seg.errors import (
     AxesError,
@@ -265,6 +265,7 @@ def test_unknown_channel_lists_the_names(tmp_path):
         slide.channel_index("CD8")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("version", VERSIONS)
 def test_image_and_label_pyramids_align(tmp_path, version):
     """At every level, a label pixel and the image pixel at the same index sit at one place."""

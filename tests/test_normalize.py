@@ -2,7 +2,7 @@ import dask.array as da
 import numpy as np
 import pytest
 
-from tiled_seg.normalize import (
+from tiled_seg.segment.normalize import (
     build_inputs,
     channel_percentiles,
     choose_stats_level,

@@ -18,7 +18,7 @@ from distributed import Client, LocalCluster
 from tiled_seg.config import RunConfig
 from tiled_seg.errors import OutputExistsError
 from tiled_seg.io import read_labels
-from tiled_seg.io._fs import exists, filesystem, is_url, join, remove_tree, same_location
+from tiled_seg.io.fs import exists, filesystem, is_url, join, remove_tree, same_location
 from tiled_seg.io.tables import (
     list_tables,
     read_anndata_zarr,
@@ -115,6 +115,7 @@ def test_fs_helpers_on_paths_and_urls(tmp_path, s3_endpoint):
     remove_tree(f"s3://{BUCKET}/fs")  # absent: nothing to do
 
 
+@pytest.mark.slow
 def test_run_from_s3_to_s3_equals_local_run(tmp_path, slides, client):
     local, url = slides
     # Measuring over moto's S3 takes ~35 s (many small reads); tables are
@@ -134,6 +135,7 @@ def test_run_from_s3_to_s3_equals_local_run(tmp_path, slides, client):
         run(url, config, output=output, client=client)
 
 
+@pytest.mark.slow
 def test_tables_by_url(s3_endpoint):
     store = f"s3://{BUCKET}/tables/store.zarr"
     zarr.open_group(store, mode="w", zarr_format=3)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import DATA, requires_data
+
 from tiled_seg.errors import BackendError
-from tiled_seg.segmenters import SlideContext
-from tiled_seg.segmenters import onnx as onnx_backend
-from tiled_seg.segmenters._instances import predict_in_windows
+from tiled_seg.segment.backends import SlideContext
+from tiled_seg.segment.backends import onnx as onnx_backend
+from tiled_seg.segment.backends._windows import assemble_windows, cut_windows
 
 MODEL = DATA / "models" / "unet2d_nuclei_broad"
 requires_model = requires_data("models/unet2d_nuclei_broad/bioimageio.yaml")
@@ -26,7 +26,7 @@ def test_description_is_read() -> None:
 @requires_model
 def test_model_reproduces_its_test_tensors() -> None:
     seg = onnx_backend.OnnxSegmenter(dict(model=str(MODEL), normalization="model"))
-    session, d = seg.load()
+    session, d = seg.model
     raw = np.load(MODEL / "test_input.npy")
     expected = np.load(MODEL / "test_output.npy")
     window = onnx_backend._preprocess(np.moveaxis(raw[0], 0, -1), d, seg.options)
@@ -39,7 +39,7 @@ def test_model_reproduces_its_test_tensors() -> None:
 def test_nuclear_f1_on_hand_drawn_masks() -> None:
     import tifffile
 
-    from tiled_seg.evaluate import match_labels
+    from tiled_seg.quality.evaluate import match_labels
 
     image = tifffile.imread(DATA / "nuclei_stardist" / "img2d.tif").astype(np.float32)
     truth = tifffile.imread(DATA / "nuclei_stardist" / "mask2d.tif")
@@ -52,6 +52,7 @@ def test_nuclear_f1_on_hand_drawn_masks() -> None:
     assert match_labels(result.cells, truth).f1 > 0.78
 
 
+@pytest.mark.slow
 @requires_model
 def test_tile_larger_and_smaller_than_the_window() -> None:
     seg = onnx_backend.OnnxSegmenter(dict(model=str(MODEL)))
@@ -74,16 +75,10 @@ def test_model_pixel_size_rescales_and_restores_shape() -> None:
 
 def test_windows_reassemble_exactly() -> None:
     image = np.random.default_rng(0).random((300, 170, 1), dtype=np.float32)
-    calls = []
-
-    def predict(batch: np.ndarray) -> list[np.ndarray]:
-        calls.append(batch.shape)
-        return [batch * 2, batch[..., :1] + 1]
-
-    doubled, shifted = predict_in_windows(image, predict, window_px=128, margin_px=16, batch_size=3)
-    np.testing.assert_array_equal(doubled, image * 2)
-    np.testing.assert_array_equal(shifted, image + 1)
-    assert all(shape[1:3] == (128, 128) for shape in calls)
+    windows, layout = cut_windows(image, 128, 16)
+    assert windows.shape[1:3] == (128, 128)
+    np.testing.assert_array_equal(assemble_windows(windows * 2, layout), image * 2)
+    np.testing.assert_array_equal(assemble_windows(windows[..., :1] + 1, layout), image + 1)
 
 
 def test_format_04_description(tmp_path) -> None:

@@ -15,10 +15,10 @@ from distributed import Client, LocalCluster
 from tiled_seg._cli import main
 from tiled_seg.config import RunConfig
 from tiled_seg.errors import ChannelError, OutputExistsError, PixelSizeError, TileLayoutError
-from tiled_seg.evaluate import match_labels
 from tiled_seg.io.ngff import list_labels, open_slide, read_labels, write_image
 from tiled_seg.pipeline import run
-from tiled_seg.qc import cut_objects
+from tiled_seg.quality.evaluate import match_labels
+from tiled_seg.quality.qc import cut_objects
 from tiled_seg.synth import make_slide
 
 SIZE = 320
@@ -46,6 +46,7 @@ def untiled(tmp_path_factory, slide, client):
     return _run_to(tmp_path_factory.mktemp("untiled"), slide, client, SIZE, "untiled")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tile_px", [64, 96, 160])
 def test_tiled_equals_untiled(tmp_path, slide, client, untiled, tile_px):
     tiled = _run_to(tmp_path, slide, client, tile_px, f"tiled{tile_px}")
@@ -65,6 +66,7 @@ def test_labels_consecutive_and_connected(untiled):
         assert components == 1, f"label {index} has {components} pieces"
 
 
+@pytest.mark.slow
 def test_nuclei_inside_their_cells(tmp_path, slide, client):
     output = tmp_path / "out.zarr"
     result = run(slide.path, _config(96), output=output, client=client)
@@ -80,6 +82,7 @@ def test_nuclei_inside_their_cells(tmp_path, slide, client):
     assert (output / "0").resolve() == (Path(slide.path) / "0").resolve()
 
 
+@pytest.mark.slow
 def test_identical_with_one_and_two_workers(tmp_path, slide, client):
     two = _run_to(tmp_path, slide, client, 64, "two")
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
@@ -102,6 +105,7 @@ def test_halo_larger_than_tile_is_refused(tmp_path, slide, client):
     assert not (tmp_path / "out.zarr").exists()
 
 
+@pytest.mark.slow
 def test_tile_size_is_aligned_to_chunks(tmp_path, slide, client):
     with pytest.warns(UserWarning, match="multiple"):
         result = run(slide.path, _config(100), output=tmp_path / "out.zarr", client=client)
@@ -134,6 +138,7 @@ def test_existing_output_needs_overwrite(tmp_path, slide, client):
     assert marker.read_text() == "mine"
 
 
+@pytest.mark.slow
 def test_cli_run_writes_summary(tmp_path, slide, client):
     summary = tmp_path / "run.json"
     output = tmp_path / "cli.zarr"
@@ -156,6 +161,7 @@ def test_cli_reports_errors_in_one_line(tmp_path):
     assert "does not exist" in result.output
 
 
+@pytest.mark.slow
 def test_run_measures_border_neighbours(tmp_path, slide, client):
     import pandas as pd
 

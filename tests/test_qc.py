@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from tiled_seg.errors import ConfigError
-from tiled_seg.qc import cut_objects, density_per_mm2, slide_qc
+from tiled_seg.quality.qc import cut_objects, density_per_mm2, slide_qc
 
 
 def test_cut_objects_finds_seam_cuts() -> None:
@@ -54,7 +54,7 @@ def _cells(rng: np.random.Generator, n: int, shape_yx: tuple[int, int]) -> pd.Da
 
 def test_run_qc_uses_the_grids_per_axis_seams_and_tiles() -> None:
     from tiled_seg.config import QCConfig
-    from tiled_seg.qc import run_qc
+    from tiled_seg.quality.qc import run_qc
     from tiled_seg.tiling import plan_tiles
 
     shape = (600, 900)
@@ -85,6 +85,7 @@ def test_run_qc_uses_the_grids_per_axis_seams_and_tiles() -> None:
     assert qc["slide"]["n_cells"] == 2000 and qc["slide"]["area_um2_median"] == 36.0
 
 
+@pytest.mark.slow
 def test_run_writes_qc_and_redsea_into_the_summary(tmp_path) -> None:
     import json
 

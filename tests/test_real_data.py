@@ -5,19 +5,21 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import tifffile
 from conftest import DATA, requires_data
 
 from tiled_seg.config import load_config
-from tiled_seg.evaluate import match_labels
 from tiled_seg.io.convert import convert
 from tiled_seg.io.ngff import read_labels
 from tiled_seg.pipeline import run
+from tiled_seg.quality.evaluate import match_labels
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 FOV8 = "mibi_tnbc_fov8"
 
 
+@pytest.mark.slow
 @requires_data(f"{FOV8}/fov8_mibitiff_22ch.tiff")
 def test_mibi_config_on_fov8_reaches_target(tmp_path, client):
     store = convert(DATA / FOV8 / "fov8_mibitiff_22ch.tiff", tmp_path / "fov8.ome.zarr")[0]

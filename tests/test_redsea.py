@@ -6,9 +6,9 @@ import dask.array as da
 import numpy as np
 import pytest
 
-from tiled_seg.coexpression import coexpression, marker_thresholds
 from tiled_seg.errors import AxesError, ConfigError
-from tiled_seg.redsea import REDSEA_SUFFIX, boundary_tables, compensate_store, redsea_arrays
+from tiled_seg.measure.redsea import REDSEA_SUFFIX, boundary_tables, compensate_store, redsea_arrays
+from tiled_seg.quality.coexpression import coexpression, marker_thresholds
 
 
 def _two_cells() -> tuple[np.ndarray, np.ndarray]:
@@ -93,6 +93,7 @@ def test_spillover_rate_falls_and_own_signal_is_kept(spill_tables) -> None:
         assert fixed[own].mean() >= 0.95 * raw[own].mean()
 
 
+@pytest.mark.slow
 def test_compensate_store_writes_columns_and_layer(tmp_path) -> None:
     from tiled_seg.io.tables import read_anndata_zarr, read_parquet
     from tiled_seg.measure import measure_store

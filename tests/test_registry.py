@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import DATA, requires_data
+
 from tiled_seg.errors import BackendError
-from tiled_seg.segmenters import SlideContext, available_backends, get_segmenter, get_segmenter_class
-from tiled_seg.segmenters import onnx as onnx_backend
-from tiled_seg.segmenters import registry
+from tiled_seg.segment.backends import (
+    SlideContext,
+    available_backends,
+    get_segmenter,
+    get_segmenter_class,
+    registry,
+)
+from tiled_seg.segment.backends import onnx as onnx_backend
 
 
 def test_builtin_backends_are_listed() -> None:
@@ -32,6 +37,7 @@ def test_missing_package_names_the_extra(monkeypatch) -> None:
         get_segmenter_class("fake")
 
 
+@pytest.mark.slow
 @requires_data("models/unet2d_nuclei_broad/bioimageio.yaml")
 def test_model_loaded_once_for_many_calls() -> None:
     options = {"model": str(DATA / "models" / "unet2d_nuclei_broad"), "threshold": 0.45}

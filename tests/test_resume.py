@@ -16,12 +16,11 @@ from click.testing import CliRunner
 from distributed import Client, LocalCluster
 
 from tiled_seg._cli import main
-from tiled_seg._manifest import count_records, read_records, scratch_path
 from tiled_seg.config import RunConfig
 from tiled_seg.errors import OutputExistsError, ResumeError
 from tiled_seg.io.ngff import list_labels, read_labels
 from tiled_seg.pipeline import _run, run
-from tiled_seg.synth import make_slide
+from tiled_seg.pipeline.state import count_records, read_records, scratch_path
 
 SIZE = 128
 CHUNK = 32
@@ -42,9 +41,9 @@ def client():
 
 
 @pytest.fixture(scope="module")
-def slide(tmp_path_factory):
-    path = tmp_path_factory.mktemp("slides") / "slide.ome.zarr"
-    return make_slide(path, size=(SIZE, SIZE), seed=5, chunk_px=CHUNK)
+def slide(small_slide):
+    assert small_slide.shape[1:] == (SIZE, SIZE)
+    return small_slide
 
 
 def _config(**changes) -> RunConfig:
@@ -97,6 +96,7 @@ def _store_running(store: Path) -> bool:
     return (store / "zarr.json").exists() and _status(store) == "running"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("phase", ["tiles", "start"])
 def test_sigkill_then_resume_gives_identical_labels(tmp_path, slide, client, clean, phase):
     store = tmp_path / "out.zarr"
@@ -147,6 +147,7 @@ def _crash_after(n_tiles: int):
     return progress
 
 
+@pytest.mark.slow
 def test_resume_reuses_recorded_tiles_and_refuses_other_configs(
     tmp_path, slide, client, clean, monkeypatch
 ):
@@ -188,6 +189,7 @@ def test_resume_reuses_recorded_tiles_and_refuses_other_configs(
     assert state["status"] == "complete" and state["summary"]["resumed_tiles"] == 0
 
 
+@pytest.mark.slow
 def test_interrupted_label_write_is_marked_and_resumed(tmp_path, slide, client, clean, monkeypatch):
     store = tmp_path / "out.zarr"
     real = _run.write_labels

@@ -11,11 +11,10 @@ import zarr
 from click.testing import CliRunner
 
 from tiled_seg._cli import main
-from tiled_seg._redact import REDACTED, redact_secrets
-from tiled_seg.config import OutputConfig, RunConfig, load_config
+from tiled_seg.config import REDACTED, OutputConfig, RunConfig, load_config, redact_secrets
 from tiled_seg.errors import BackendError, ConfigError
 from tiled_seg.pipeline import run
-from tiled_seg.segmenters import get_segmenter_class
+from tiled_seg.segment.backends import get_segmenter_class
 from tiled_seg.synth import make_slide
 
 PACKAGE = Path(__file__).resolve().parents[1] / "tiled_seg"
@@ -101,6 +100,7 @@ def test_secrets_are_redacted(record, hidden):
     assert REDACTED in json.dumps(redact_secrets(record))
 
 
+@pytest.mark.slow
 def test_run_records_no_secret(tmp_path, client):
     """No file of the output store (attributes, uns['config'], Parquet metadata) holds a secret."""
     slide = make_slide(tmp_path / "slide.ome.zarr", size=(128, 128), seed=3, chunk_px=64)

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import zarr
+from conftest import DATA, requires_data
 from distributed import Client
 
-from conftest import DATA, requires_data
 from tiled_seg.cluster import accelerator_cluster
 from tiled_seg.config import RunConfig
+from tiled_seg.errors import BackendError
 from tiled_seg.io import read_labels
 from tiled_seg.pipeline import run
-from tiled_seg.segmenters import Segmentation, Segmenter, SlideContext, get_segmenter_class
-from tiled_seg.segmenters.base import PreparedTile, predict_tiles
+from tiled_seg.segment.backends import Segmentation, Segmenter, SlideContext, get_segmenter_class
+from tiled_seg.segment.backends.base import PreparedTile, predict_tiles
 from tiled_seg.synth import make_slide
 
 ONNX_MODEL = DATA / "models" / "unet2d_nuclei_broad"
@@ -65,7 +65,7 @@ def test_backend_without_segment_or_stages_is_refused() -> None:
     class Nothing(Segmenter):
         name = "nothing"
 
-    with pytest.raises(TypeError, match="implement segment, or the three stages"):
+    with pytest.raises(BackendError, match="implement segment, or the three stages"):
         Nothing()
 
 
@@ -127,9 +127,10 @@ def _assert_same(staged: dict, one_call: dict, at_least: int) -> None:
     assert int(staged["cells"].max()) >= at_least
 
 
+@pytest.mark.slow
 @requires_data("models/unet2d_nuclei_broad/bioimageio.yaml")
 def test_onnx_staged_equals_one_call(accelerator_client, slide, tmp_path, monkeypatch) -> None:
-    from tiled_seg.segmenters import onnx
+    from tiled_seg.segment.backends import onnx
 
     before = onnx.session_loads()
     options = {"model": str(ONNX_MODEL), "window_px": 64}
@@ -139,8 +140,9 @@ def test_onnx_staged_equals_one_call(accelerator_client, slide, tmp_path, monkey
     assert onnx.session_loads() - before <= 1
 
 
+@pytest.mark.slow
 def test_cellpose3_stages_equal_cellpose_eval_with_nuclei(cellpose_weights) -> None:
-    from tiled_seg.segmenters import cellpose
+    from tiled_seg.segment.backends import cellpose
 
     seg = cellpose.CellposeSegmenter(
         {"pretrained_model": cellpose_weights, "nuclear_model": cellpose_weights, "gpu": False,
@@ -152,8 +154,9 @@ def test_cellpose3_stages_equal_cellpose_eval_with_nuclei(cellpose_weights) -> N
     assert np.array_equal(staged.cells, own.cells) and np.array_equal(staged.nuclei, own.nuclei)
 
 
+@pytest.mark.slow
 def test_cellpose3_staged_equals_one_call(accelerator_client, tmp_path, monkeypatch, cellpose_weights) -> None:
-    from tiled_seg.segmenters import cellpose
+    from tiled_seg.segment.backends import cellpose
 
     small = make_slide(tmp_path / "small.ome.zarr", size=(128, 256), seed=3, chunk_px=64)
     before = cellpose.model_loads()
@@ -164,8 +167,9 @@ def test_cellpose3_staged_equals_one_call(accelerator_client, tmp_path, monkeypa
     assert cellpose.model_loads() - before <= 1
 
 
+@pytest.mark.slow
 def test_mesmer_staged_equals_one_call(accelerator_client, slide, tmp_path, monkeypatch, map_model) -> None:
-    from tiled_seg.segmenters import mesmer
+    from tiled_seg.segment.backends import mesmer
 
     before = mesmer.model_loads()
     options = {"model_path": str(map_model), "use_deepcell_package": False, "window_px": 64}
@@ -181,7 +185,7 @@ def cellpose_weights(tmp_path_factory: pytest.TempPathFactory) -> str:
     torch = pytest.importorskip("torch")
     from cellpose.resnet_torch import CPnet
 
-    from tiled_seg.segmenters.cellpose import cellpose_major_version
+    from tiled_seg.segment.backends.cellpose import cellpose_major_version
 
     if cellpose_major_version() != 3:
         pytest.skip("this test builds a Cellpose 3 network")
@@ -202,6 +206,7 @@ def _blank_right_half(path: str) -> None:
         array[..., array.shape[-1] // 2 :] = 0
 
 
+@pytest.mark.slow
 def test_blank_half_is_skipped_with_identical_labels(client, tmp_path) -> None:
     slide = make_slide(tmp_path / "half.ome.zarr", size=(256, 512), seed=5, chunk_px=64)
     _blank_right_half(slide.path)
@@ -218,9 +223,9 @@ def test_blank_half_is_skipped_with_identical_labels(client, tmp_path) -> None:
 
 
 @pytest.mark.parametrize("shape", [(300, 260), (50, 90)])
-def test_windows_cut_and_assembled_equal_predict_in_windows(shape) -> None:
-    from tiled_seg.segmenters._instances import predict_in_windows
-    from tiled_seg.segmenters._windows import assemble_windows, cut_windows
+def test_windows_cut_and_assembled_equal_a_pixelwise_network(shape) -> None:
+    """Windows cut and assembled give a pixelwise network's output on the whole image."""
+    from tiled_seg.segment.backends._windows import assemble_windows, cut_windows
 
     image = np.random.default_rng(0).random((*shape, 2), dtype=np.float32)
     position = np.arange(image.size // 2, dtype=np.float32).reshape(shape)[..., None]
@@ -229,11 +234,10 @@ def test_windows_cut_and_assembled_equal_predict_in_windows(shape) -> None:
     def predict(batch):
         return [batch[..., :1] * 2 + batch[..., 2:], batch[..., 1:2] + 1]
 
-    expected = predict_in_windows(marked, predict, window_px=64, margin_px=8, batch_size=3)
     windows, layout = cut_windows(marked, 64, 8)
-    outputs = predict(windows)
-    for out, want in zip(outputs, expected):
-        assert np.array_equal(assemble_windows(out, layout), want)
+    # A pixelwise network: every window agrees, so the assembly equals the network on the whole image.
+    for out, want in zip(predict(windows), predict(marked[None])):
+        assert np.array_equal(assemble_windows(out, layout), want[0])
 
 
 class FailingNetwork(Segmenter):
@@ -251,10 +255,11 @@ class FailingNetwork(Segmenter):
         raise AssertionError("postprocess must not run without network outputs")
 
 
+@pytest.mark.slow
 def test_pipeline_runs_a_one_call_backend_and_fails_loudly_in_predict(
     accelerator_client, slide, tmp_path, monkeypatch
 ) -> None:
-    from tiled_seg.segmenters import registry
+    from tiled_seg.segment.backends import registry
 
     monkeypatch.setitem(registry._BUILTIN, "onecall", "test_stages:OneCall")
     monkeypatch.setitem(registry._BUILTIN, "failing", "test_stages:FailingNetwork")

@@ -17,12 +17,12 @@ from tiled_seg._cli.run import _model_option
 from tiled_seg.cluster import accelerator_cluster
 from tiled_seg.config import RunConfig
 from tiled_seg.errors import BackendError
-from tiled_seg.evaluate import match_labels
+from tiled_seg.quality.evaluate import match_labels
 from tiled_seg.io import read_labels
 from tiled_seg.pipeline import check_run, run
-from tiled_seg.segmenters import SlideContext, get_segmenter_class
-from tiled_seg.segmenters.base import predict_tiles
-from tiled_seg.segmenters.stardist import StardistSegmenter, find_model, grow_cells, model_loads
+from tiled_seg.segment.backends import SlideContext, get_segmenter_class
+from tiled_seg.segment.backends.base import predict_tiles
+from tiled_seg.segment.backends.stardist import StardistSegmenter, find_model, grow_cells, model_loads
 from tiled_seg.synth import make_slide, make_stardist_model, synth_arrays
 
 PIXEL_SIZE_UM = 0.5
@@ -112,7 +112,7 @@ def test_labels_shapes_ids_and_nuclei_inside_cells(model_dir, tile) -> None:
 def test_stages_equal_predict_instances(model_dir, tile) -> None:
     nuclear, _ = tile
     seg = StardistSegmenter({"model": model_dir, "prob_thresh": 0.45, "nms_thresh": 0.35})
-    model = seg.load()
+    model = seg.model
     # Odd sizes exercise the padding to the network's div_by and its crop.
     tiles = [nuclear, nuclear[:101, :150], nuclear[50:, 7:]]
     prepared = [seg.prepare(t, None, CONTEXT) for t in tiles]
@@ -157,6 +157,7 @@ def accelerator_client():
 
 @pytest.mark.model
 @pytest.mark.slow
+@pytest.mark.cluster
 def test_pipeline_tiled_equals_one_tile_and_one_call(model_dir, accelerator_client, tmp_path, monkeypatch) -> None:
     slide = make_slide(tmp_path / "slide.ome.zarr", size=(256, 256), seed=5,
                        pixel_size_um=PIXEL_SIZE_UM, chunk_px=64)
@@ -189,8 +190,8 @@ def test_pipeline_tiled_equals_one_tile_and_one_call(model_dir, accelerator_clie
         assert np.array_equal(one_call[kind], tiled[kind]), kind
 
 
-def test_missing_model_is_found_before_a_run(tmp_path) -> None:
-    slide = make_slide(tmp_path / "slide.ome.zarr", size=(64, 64), seed=1, chunk_px=64)
+def test_missing_model_is_found_before_a_run(small_slide, tmp_path) -> None:
+    slide = small_slide
     config = RunConfig(backend={"name": "stardist", "options": {"model": str(tmp_path / "none")}})
     with pytest.raises(BackendError, match="StarDist model folder .* does not exist"):
         check_run(slide.path, config, output=tmp_path / "out.zarr")

@@ -8,17 +8,12 @@ from scipy import ndimage as ndi
 from scipy import sparse
 from scipy.sparse.csgraph import connected_components
 
-from tiled_seg.errors import TileLayoutError, TiledSegError
-from tiled_seg.evaluate import match_labels
-from tiled_seg.stitch import (
-    TileMatches,
-    apply_lookup,
-    build_lookup_tables,
-    core_label_ids,
-    match_tiles,
-    stitch_in_memory,
-)
+from tiled_seg.errors import TiledSegError, TileLayoutError
+from tiled_seg.quality.evaluate import match_labels
 from tiled_seg.tiling import plan_tiles
+from tiled_seg.tiling.join import apply_lookup, build_lookup_tables
+from tiled_seg.tiling.match import TileMatches, core_label_ids, match_tiles
+from tiled_seg.tiling.stitch import InMemoryLabels, PairMatcher, stitch_in_memory, stitched_array
 
 RADIUS_PX = 6
 DIAMETER_PX = 2 * RADIUS_PX + 1
@@ -157,6 +152,7 @@ def truth() -> np.ndarray:
     return labels
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("tile_px", "halo_px", "chunk"), LAYOUTS)
 def test_tiled_equals_whole_up_to_relabelling(truth, tile_px, halo_px, chunk):
     grid = plan_tiles(SHAPE, tile_px, halo_px, chunk)
@@ -189,20 +185,36 @@ def test_same_luts_whatever_the_order_tiles_finish_in(truth):
     grid = plan_tiles(SHAPE, 40, DIAMETER_PX, (20, 20))
     tiles = _tile_labels(grid, truth, np.random.default_rng(7), perturb=True)
     _, reference = stitch_in_memory(grid, tiles)
+    labels_of = InMemoryLabels(tuple(tiles))
+    core_ids = [core_label_ids(tile, tiles[tile.index]) for tile in grid.tiles]
     rng = np.random.default_rng(8)
-    pairs = grid.neighbour_pairs()
     for _ in range(3):
-        core_ids: list[np.ndarray] = [np.zeros(0, dtype=np.int64)] * len(grid.tiles)
+        matcher = PairMatcher(None, labels_of, grid, 0.5)
         for i in rng.permutation(len(grid.tiles)):
-            core_ids[i] = core_label_ids(grid.tiles[i], tiles[i])
-        matches = {}
-        for k in rng.permutation(len(pairs)):
-            i, j = pairs[k]
-            matches[(i, j)] = match_tiles(grid.tiles[i], tiles[i], grid.tiles[j], tiles[j])
-        plan = build_lookup_tables(grid, core_ids, matches)
+            matcher.add(int(i))
+        plan = matcher.plan(core_ids)
         assert plan.n_objects == reference.n_objects
         for lut, ref in zip(plan.luts, reference.luts):
             np.testing.assert_array_equal(lut, ref)
+
+
+@pytest.mark.cluster
+def test_distributed_stitch_equals_in_memory_stitch(truth):
+    """The run's path (matches on workers, lazy stitched array) gives the in-memory result."""
+    from distributed import Client
+
+    grid = plan_tiles(SHAPE, 64, DIAMETER_PX, (32, 32))
+    tiles = _tile_labels(grid, truth, np.random.default_rng(11), perturb=True)
+    expected, reference = stitch_in_memory(grid, tiles)
+    labels_of = InMemoryLabels(tuple(tiles))
+    with Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None) as client:
+        matcher = PairMatcher(client, labels_of, grid, 0.5)
+        for tile in reversed(grid.tiles):
+            matcher.add(tile.index)
+        plan = matcher.plan([core_label_ids(t, tiles[t.index]) for t in grid.tiles])
+        stitched = stitched_array(labels_of, grid, plan).compute()
+    assert plan.stats() == reference.stats()
+    np.testing.assert_array_equal(stitched, expected)
 
 
 def test_all_empty_slide_and_slide_smaller_than_a_tile():

@@ -67,6 +67,7 @@ def test_parquet_round_trip(tmp_path) -> None:
         read_parquet(tmp_path / "missing.parquet")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("version,zarr_format", [("0.5", 3), ("0.4", 2)])
 def test_anndata_in_store(tmp_path, version, zarr_format) -> None:
     store = tmp_path / "s.ome.zarr"

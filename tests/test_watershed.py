@@ -7,8 +7,8 @@ import pytest
 from pydantic import ValidationError
 from scipy import ndimage as ndi
 
-from tiled_seg.segmenters import SlideContext, get_segmenter_class
-from tiled_seg.segmenters.watershed import WatershedOptions, WatershedSegmenter
+from tiled_seg.segment.backends import SlideContext, get_segmenter_class
+from tiled_seg.segment.backends.watershed import WatershedOptions, WatershedSegmenter
 
 CONTEXT = SlideContext(pixel_size_um=1.0, nuclear_threshold=0.3, membrane_threshold=0.3)
 
@@ -151,7 +151,7 @@ def test_empty_tile() -> None:
 
 
 def test_keep_largest_piece_splits_by_id_across_touching_labels() -> None:
-    from tiled_seg.segmenters.watershed import _keep_largest_piece
+    from tiled_seg.segment.backends.watershed import _keep_largest_piece
 
     labels = np.array([[5, 5, 6, 5], [0, 0, 6, 0], [7, 0, 0, 7]])
     expected = np.array([[5, 5, 6, 0], [0, 0, 6, 0], [7, 0, 0, 0]])

@@ -19,7 +19,7 @@ from typing import Any, Iterator
 from distributed import Client, LocalCluster
 
 from tiled_seg.config import ClusterConfig, KubernetesConfig, SlurmConfig
-from tiled_seg.errors import BackendError, ConfigError
+from tiled_seg.errors import ClusterError, ConfigError, DependencyError
 
 __all__ = [
     "KINDS",
@@ -66,7 +66,7 @@ def _optional(module: str, kind: str, extra: str) -> Any:
     try:
         return importlib.import_module(module)
     except ImportError as error:
-        raise BackendError(
+        raise DependencyError(
             f"--cluster {kind} needs {module.split('.')[0].replace('_', '-')} ({error}); "
             f"install it with pip install 'tiled-seg[{extra}]' or use --cluster local."
         ) from None
@@ -90,7 +90,7 @@ def count_gpus() -> int:
 
 def _local_cuda(config: ClusterConfig) -> Any:
     if count_gpus() == 0:
-        raise BackendError(
+        raise ClusterError(
             "--cluster local-cuda found no GPU on this machine (no NVIDIA device or driver); "
             "use --cluster local to run on the CPU."
         )

@@ -8,9 +8,9 @@ from pathlib import Path
 from distributed import Client
 
 from tiled_seg.config import RunConfig
-from tiled_seg.evaluate import MatchResult, match_labels
 from tiled_seg.io.ngff import read_labels
 from tiled_seg.pipeline import Progress, RunResult, run
+from tiled_seg.quality.evaluate import MatchResult, match_labels
 from tiled_seg.synth import make_slide
 
 __all__ = ["DemoResult", "run_demo"]

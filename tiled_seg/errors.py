@@ -28,6 +28,8 @@ __all__ = [
     "OutputNotWritableError",
     "ResumeError",
     "RunLockedError",
+    "DependencyError",
+    "ClusterError",
     "command_line",
 ]
 
@@ -122,3 +124,7 @@ class RunLockedError(TiledSegError):
 
 class DependencyError(TiledSegError, ImportError):
     """An optional package a command needs is not installed."""
+
+
+class ClusterError(TiledSegError):
+    """The requested Dask cluster cannot be started on this machine."""

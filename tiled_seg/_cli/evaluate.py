@@ -22,7 +22,7 @@ def evaluate_cmd(pred: str, gt: str, iou_threshold: float, as_json: bool) -> Non
     NGFF labels are read lazily and compared chunk by chunk, so whole slides
     fit in bounded memory.
     """
-    from tiled_seg.evaluate import evaluate_paths
+    from tiled_seg.quality.evaluate import evaluate_paths
 
     result = evaluate_paths(pred, gt, iou_threshold)
     if as_json:

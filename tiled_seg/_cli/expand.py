@@ -20,7 +20,7 @@ def expand_cmd(
     pixel_size_um: float | None, overwrite: bool,
 ) -> None:
     """Expand STORE's nuclei by --radius-um without overlap into labels/TARGET."""
-    from tiled_seg.expand import expand_store
+    from tiled_seg.segment.expand import expand_store
 
     result = expand_store(
         store, source=source, target=target, radius_um=radius_um,

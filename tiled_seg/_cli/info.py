@@ -15,7 +15,7 @@ from tiled_seg._cli import catch_errors, main
 @catch_errors
 def info_cmd(store: str, as_json: bool) -> None:
     """Describe STORE: image, pyramid, labels, tables and run state."""
-    from tiled_seg.info import describe
+    from tiled_seg.pipeline.info import describe
 
     info = describe(store)
     click.echo(json.dumps(info.to_dict(), indent=2) if as_json else info.format())

@@ -27,9 +27,10 @@ def report_cmd(
     from tiled_seg.errors import ConfigError
     from tiled_seg.report import write_report
 
-    parsed = [tuple(p.split("/")) for p in pairs]
-    if any(len(p) != 2 for p in parsed):
+    split = [p.split("/") for p in pairs]
+    if any(len(p) != 2 for p in split):
         raise ConfigError(f"--pair takes two markers as A/B (e.g. CD3/CD20); got {list(pairs)}.")
+    parsed = [(a, b) for a, b in split]
     result = write_report(store, output, table=table, labels=labels, overwrite=overwrite,
                           pairs=parsed or None)
     click.echo(f"wrote {result.html} with {len(result.figures)} figures")

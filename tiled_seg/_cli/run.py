@@ -43,7 +43,7 @@ def format_result(result: RunResult) -> str:
 def _model_option(backend: str) -> str:
     """The option of ``backend`` that names its model file or folder."""
     from tiled_seg.errors import ConfigError
-    from tiled_seg.segmenters import get_segmenter_class
+    from tiled_seg.segment.backends import get_segmenter_class
 
     fields = get_segmenter_class(backend).Options.model_fields
     for name in _MODEL_OPTIONS:
@@ -163,9 +163,9 @@ def run_command(slides, config_path, output, tile_px, halo_um, backend, model, c
 
     from tiled_seg._cli._progress import tile_progress
     from tiled_seg._cli._quiet import workers_ignore_interrupts
-    from tiled_seg.batch import expand_slides, run_batch
     from tiled_seg.cluster import connect, dashboard_link
     from tiled_seg.pipeline import run
+    from tiled_seg.pipeline.batch import expand_slides, run_batch
 
     paths = expand_slides(slides)
     with contextlib.ExitStack() as stack:

@@ -124,7 +124,7 @@ def _is_mibi(tif: tifffile.TiffFile) -> bool:
 def _mibi_names(tif: tifffile.TiffFile) -> tuple[str, ...] | None:
     names = []
     for page in tif.pages:
-        tag = page.tags.get("PageName")
+        tag = page.tags.get("PageName") if isinstance(page, tifffile.TiffPage) else None
         if tag is None:
             return None
         names.append(str(tag.value))

@@ -26,7 +26,13 @@ from pathlib import Path
 
 import dask
 
-from tiled_seg.errors import ChannelError, ConfigError, InputFormatError, InputNotFoundError, OutputExistsError
+from tiled_seg.errors import (
+    ChannelError,
+    ConfigError,
+    InputFormatError,
+    InputNotFoundError,
+    OutputExistsError,
+)
 from tiled_seg.io._imc import open_mcd, read_imc_txt
 from tiled_seg.io._source import SourceImage
 from tiled_seg.io._tiff import open_tiff

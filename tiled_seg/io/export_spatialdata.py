@@ -18,7 +18,7 @@ from typing import Any
 import anndata as ad
 
 from tiled_seg.errors import DependencyError, InputNotFoundError, OutputExistsError, PixelSizeError
-from tiled_seg.io._fs import exists, remove_tree
+from tiled_seg.io.fs import exists, remove_tree
 from tiled_seg.io.ngff import list_labels, open_slide, read_labels
 from tiled_seg.io.tables import DEFAULT_TABLE, list_tables, read_anndata_zarr, spatialdata_table
 

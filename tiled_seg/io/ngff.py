@@ -20,21 +20,24 @@ import zarr
 from scipy import ndimage
 
 from tiled_seg import __version__
+from tiled_seg.blocks import Progress, store_blocks
 from tiled_seg.errors import (
     AxesError,
     ChannelError,
+    InputFormatError,
     InputNotFoundError,
     NotNGFFError,
     OutputExistsError,
     PixelSizeError,
 )
-from tiled_seg.io._fs import exists, is_url, remove_tree
+from tiled_seg.io.fs import exists, is_url, remove_tree
 from tiled_seg.io.regions import RegionReader, read_region
-from tiled_seg.blocks import Progress, store_blocks
 from tiled_seg.tiling import BLOCK_PX, DEFAULT_CHUNK_PX, plan_blocks
 
 __all__ = [
     "Slide",
+    "open_group",
+    "ome_attrs",
     "open_slide",
     "write_image",
     "write_labels",
@@ -111,8 +114,8 @@ class Slide:
     def reader(self, channels: Sequence[int] | None = None, level: int = 0) -> RegionReader:
         """A picklable handle for direct region reads of ``channels`` at pyramid ``level``."""
         source = self.level_sources[level] if self.level_sources else self.source
-        with_channels = channels is not None and "c" in self.axes
-        return RegionReader(source, self.axes, tuple(channels) if with_channels else None, image=True)
+        picked = tuple(channels) if channels is not None and "c" in self.axes else None
+        return RegionReader(source, self.axes, picked, image=True)
 
     def channel_index(self, name: str) -> int:
         """Index of channel ``name``; a :class:`ChannelError` lists the names."""
@@ -149,7 +152,7 @@ def check_pixel_size_um(pixel_size_um: float | None, source: str) -> None:
         )
 
 
-def _open_group(path: str | Path, mode: str = "r") -> zarr.Group:
+def open_group(path: str | Path, mode: str = "r") -> zarr.Group:
     path = str(path)
     if "://" not in path and not Path(path).exists():
         raise InputNotFoundError(
@@ -171,7 +174,7 @@ def _open_group(path: str | Path, mode: str = "r") -> zarr.Group:
     return node
 
 
-def _ome_attrs(group: zarr.Group) -> tuple[dict[str, Any], str]:
+def ome_attrs(group: zarr.Group) -> tuple[dict[str, Any], str]:
     """Return the NGFF attributes of ``group`` and their version."""
     attrs = group.attrs.asdict()
     if "ome" in attrs:
@@ -261,8 +264,8 @@ def open_slide(path: str | Path, pixel_size_um: float | None = None) -> Slide:
     InputNotFoundError, NotNGFFError, AxesError, ChannelError
     """
     path = str(path)
-    group = _open_group(path)
-    attrs, version = _ome_attrs(group)
+    group = open_group(path)
+    attrs, version = ome_attrs(group)
     if "multiscales" not in attrs and "0" in group and isinstance(group["0"], zarr.Group):
         return open_slide(f"{path.rstrip('/')}/0", pixel_size_um)
     if "multiscales" not in attrs:
@@ -288,7 +291,8 @@ def open_slide(path: str | Path, pixel_size_um: float | None = None) -> Slide:
         if base_scale is None:
             base_scale = scale
         factors.append(scale["x"] / base_scale["x"] if base_scale["x"] else 1.0)
-    assert base_scale is not None
+    if base_scale is None:
+        raise NotNGFFError(f"{path} names no datasets in its multiscales metadata; write the image again.")
     if pixel_size_um is None:
         unit = None
         for axis in multiscale.get("axes", []):
@@ -395,7 +399,7 @@ def _multiscales(
     return multiscale
 
 
-def _set_ome(group: zarr.Group, content: dict[str, Any], version: str) -> None:
+def _set_ome(group: zarr.Group, content: Mapping[str, Any], version: str) -> None:
     if version == "0.5":
         group.attrs["ome"] = {"version": "0.5", **content}
     else:
@@ -597,16 +601,16 @@ def _dimension_kwargs(axes: list[str], version: str) -> dict[str, Any]:
 
 
 def _image_version(store: str) -> NGFFVersion:
-    _, version = _ome_attrs(_open_group(store))
+    _, version = ome_attrs(open_group(store))
     return "0.4" if version == "0.4" else "0.5"
 
 
 def list_labels(store: str | Path) -> list[str]:
     """Names of the label images in ``store/labels`` (empty when none)."""
-    group = _open_group(store)
+    group = open_group(store)
     if "labels" not in group:
         return []
-    attrs, _ = _ome_attrs(group["labels"])
+    attrs, _ = ome_attrs(group["labels"])
     return [str(n) for n in attrs.get("labels", [])]
 
 
@@ -650,7 +654,7 @@ def write_labels(
     if labels.ndim != 2:
         raise AxesError(f"labels must be (Y, X); got shape {labels.shape}.")
     if not np.issubdtype(labels.dtype, np.integer):
-        raise TypeError(f"labels must have an integer dtype; got {labels.dtype}.")
+        raise InputFormatError(f"labels must have an integer dtype, got {labels.dtype}; pass a label image (0 background, positive ids).")
     version = _image_version(store)
     root = zarr.open_group(store, mode="a")
     labels_group = root.require_group("labels")
@@ -714,8 +718,8 @@ def link_image(image: str | Path, store: str | Path) -> None:
         An empty zarr group of the same zarr format.
     """
     image, store = str(image).rstrip("/"), str(store).rstrip("/")
-    source = _open_group(image)
-    attrs, version = _ome_attrs(source)
+    source = open_group(image)
+    attrs, version = ome_attrs(source)
     target = zarr.open_group(store, mode="a")
     paths = [d["path"] for d in attrs["multiscales"][0]["datasets"]]
     for path in paths:
@@ -730,7 +734,7 @@ def link_image(image: str | Path, store: str | Path) -> None:
             da.store(da.from_zarr(level), copy, lock=False)
         else:
             os.symlink(Path(image, path).resolve(), Path(store, path), target_is_directory=True)
-    kept = {k: attrs[k] for k in ("multiscales", "omero") if k in attrs}
+    kept: dict[str, Any] = {k: attrs[k] for k in ("multiscales", "omero") if k in attrs}
     _set_ome(target, kept, "0.4" if version == "0.4" else "0.5")
 
 
@@ -761,7 +765,7 @@ def label_array(store: str | Path, name: str, level: int = 0) -> zarr.Array:
             f"{store} has no label image {name!r}; present: "
             f"{', '.join(list_labels(store)) or 'none'}. Run `tiled-seg run` first."
         )
-    return _open_group(store)[f"labels/{name}/{level}"]
+    return open_group(store)[f"labels/{name}/{level}"]
 
 
 def read_labels(store: str | Path, name: str, level: int = 0, block_px: int | None = None) -> da.Array:

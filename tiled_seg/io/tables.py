@@ -23,10 +23,9 @@ import pyarrow.parquet as pq
 import zarr
 
 from tiled_seg import __version__
-from tiled_seg._redact import redact_secrets
-from tiled_seg.config import DEFAULT_TABLE
+from tiled_seg.config import DEFAULT_TABLE, redact_secrets
 from tiled_seg.errors import InputNotFoundError, OutputExistsError
-from tiled_seg.io._fs import exists, filesystem, is_url, remove_tree
+from tiled_seg.io.fs import exists, filesystem, is_url, remove_tree
 
 __all__ = [
     "DEFAULT_TABLE",

@@ -30,7 +30,7 @@ from tiled_seg.measure._store import (
     measure_arrays,
     measure_store,
 )
-from tiled_seg.measure._table import cell_table, link_nuclei, to_anndata
+from tiled_seg.measure._table import cell_table, nucleus_per_cell, to_anndata
 
 __all__ = [
     "MeasureResult",
@@ -57,6 +57,6 @@ __all__ = [
     "centroid_pairs",
     "border_pairs",
     "cell_table",
-    "link_nuclei",
+    "nucleus_per_cell",
     "to_anndata",
 ]

@@ -113,7 +113,7 @@ def measure_block(
     ids, perimeter = perimeter_partials(labels, core)
     cells["perimeter"] = np.zeros(cells["label"].size)
     cells["perimeter"][np.searchsorted(cells["label"], ids)] = perimeter
-    shape = labels.shape
+    shape = (labels.shape[0], labels.shape[1])
     touching = touching_pairs(labels[core.grow(1, shape).slices], connectivity)
     border, border_px = np.zeros((0, 2), np.int64), np.zeros(0)
     if border_dmax_px:

@@ -175,13 +175,13 @@ def _coordinate_sums(
 
     sy, sx = total(rows), total(cols)
     syy, sxx, sxy = total(rows * rows), total(cols * cols), total(rows * cols)
-    y0, x0 = np.int64(y0), np.int64(x0)
+    oy, ox = np.int64(y0), np.int64(x0)
     return {
-        "sum_y": sy + y0 * count,
-        "sum_x": sx + x0 * count,
-        "sum_yy": syy + 2 * y0 * sy + y0 * y0 * count,
-        "sum_xx": sxx + 2 * x0 * sx + x0 * x0 * count,
-        "sum_xy": sxy + y0 * sx + x0 * sy + y0 * x0 * count,
+        "sum_y": sy + oy * count,
+        "sum_x": sx + ox * count,
+        "sum_yy": syy + 2 * oy * sy + oy * oy * count,
+        "sum_xx": sxx + 2 * ox * sx + ox * ox * count,
+        "sum_xy": sxy + oy * sx + ox * sy + oy * ox * count,
     }
 
 

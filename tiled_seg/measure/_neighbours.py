@@ -16,6 +16,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from tiled_seg.errors import ConfigError
+from tiled_seg.labels import first_of_groups
 
 __all__ = ["touching_pairs", "unique_pairs", "centroid_pairs", "border_pairs", "closest_per_pair"]
 
@@ -134,7 +135,7 @@ def closest_per_pair(pairs: np.ndarray, distances: np.ndarray) -> tuple[np.ndarr
     """Distinct rows of an ``(n, 2)`` pair array, sorted, each with its smallest distance."""
     if not len(pairs):
         return np.zeros((0, 2), np.int64), np.zeros(0)
-    order = np.lexsort((distances, pairs[:, 1], pairs[:, 0]))
-    pairs, distances = pairs[order], distances[order]
-    first = np.r_[True, (pairs[1:] != pairs[:-1]).any(axis=1)]
-    return pairs[first].astype(np.int64), distances[first].astype(np.float64)
+    # One group per distinct pair, in (a, b) order: a code that sorts as the pair does.
+    code = pairs[:, 0].astype(np.int64) * (int(pairs[:, 1].max()) + 1) + pairs[:, 1]
+    closest = first_of_groups(code, distances)
+    return pairs[closest].astype(np.int64), distances[closest].astype(np.float64)

@@ -10,9 +10,12 @@ import dask.array as da
 import numpy as np
 import pandas as pd
 
+from tiled_seg.blocks import Progress
 from tiled_seg.errors import AxesError, ChannelError, ConfigError, OutputExistsError, PixelSizeError
-from tiled_seg.io._fs import exists, join
+from tiled_seg.io.fs import exists, join
 from tiled_seg.io.ngff import label_array, list_labels, open_slide
+from tiled_seg.io.regions import RegionReader
+from tiled_seg.io.steinbock import image_name, steinbock_tables, write_steinbock
 from tiled_seg.io.tables import (
     DEFAULT_TABLE,
     list_tables,
@@ -20,9 +23,6 @@ from tiled_seg.io.tables import (
     write_anndata_zarr,
     write_parquet,
 )
-from tiled_seg.blocks import Progress
-from tiled_seg.io.regions import RegionReader
-from tiled_seg.io.steinbock import image_name, steinbock_tables, write_steinbock
 from tiled_seg.measure._blocks import BlockMeasurements, MeasureJob
 from tiled_seg.measure._distributed import hull_features, measure_blocks
 from tiled_seg.measure._morphology import MORPHOLOGIES
@@ -307,8 +307,8 @@ def measure_store(
     edges = edge_table(measured, table, slide.pixel_size_um, distance_um, neighbours)
     paths: dict[str, str] = {}
     if "parquet" in outputs:
-        provenance = dict(pixel_size_um=slide.pixel_size_um, source_image=slide.path,
-                          labels=f"labels/{labels}", config=config)
+        provenance: dict[str, Any] = dict(pixel_size_um=slide.pixel_size_um, source_image=slide.path,
+                                          labels=f"labels/{labels}", config=config)
         paths["parquet"] = write_parquet(
             table, planned["parquet"], metadata=table_metadata(table, **provenance),
             overwrite=overwrite,
@@ -317,22 +317,21 @@ def measure_store(
             edges, join(tables_dir, f"{table_name}_neighbours.parquet"),
             metadata=table_metadata(edges, **provenance), overwrite=overwrite,
         )
-    adata = None
     if "anndata" in outputs or h5ad is not None:
         adata = to_anndata(
             table, names, f"labels/{labels}", edges, config, distance_kind=_EDGE_KIND[neighbours]
         )
-    if "anndata" in outputs:
-        paths["anndata"] = write_anndata_zarr(
-            adata, store, table_name, region=f"labels/{labels}", overwrite=overwrite
-        )
-    if h5ad is not None:
-        target = Path(h5ad)
-        if target.exists() and not overwrite:
-            raise OutputExistsError(f"{target} exists; pass --overwrite to replace it.")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        adata.write_h5ad(target)
-        paths["h5ad"] = str(target)
+        if "anndata" in outputs:
+            paths["anndata"] = write_anndata_zarr(
+                adata, store, table_name, region=f"labels/{labels}", overwrite=overwrite
+            )
+        if h5ad is not None:
+            target = Path(h5ad)
+            if target.exists() and not overwrite:
+                raise OutputExistsError(f"{target} exists; pass --overwrite to replace it.")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            adata.write_h5ad(target)
+            paths["h5ad"] = str(target)
     if steinbock_dir is not None:
         frames = steinbock_tables(
             table, names, edges, slide.pixel_size_um, distance_kind=_EDGE_KIND[neighbours]

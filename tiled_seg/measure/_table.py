@@ -9,15 +9,16 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
+from tiled_seg.labels import first_of_groups
 from tiled_seg.measure._morphology import moment_features
 
-__all__ = ["cell_table", "link_nuclei", "to_anndata"]
+__all__ = ["cell_table", "nucleus_per_cell", "to_anndata"]
 
 #: Column suffixes of the per-channel values other than the mean.
 SUM_SUFFIX, NUCLEAR_SUFFIX, CYTOPLASM_SUFFIX = "_sum", "_nuclear", "_cytoplasm"
 
 
-def link_nuclei(pairs: np.ndarray, cell_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def nucleus_per_cell(pairs: np.ndarray, cell_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Nucleus of each cell by maximum overlap.
 
     Each nucleus is linked to the cell it overlaps most; each cell keeps the
@@ -42,14 +43,9 @@ def link_nuclei(pairs: np.ndarray, cell_ids: np.ndarray) -> tuple[np.ndarray, np
     if not len(pairs):
         return nucleus_id, overlap
     cell, nucleus, shared = pairs[:, 0], pairs[:, 1], pairs[:, 2]
-    # Best cell per nucleus: sort by nucleus, then overlap descending, then cell.
-    order = np.lexsort((cell, -shared, nucleus))
-    first = np.r_[True, nucleus[order][1:] != nucleus[order][:-1]]
-    linked = order[first]
+    linked = first_of_groups(nucleus, -shared, cell)
     cell, nucleus, shared = cell[linked], nucleus[linked], shared[linked]
-    order = np.lexsort((nucleus, -shared, cell))
-    first = np.r_[True, cell[order][1:] != cell[order][:-1]]
-    best = order[first]
+    best = first_of_groups(cell, -shared, nucleus)
     rows = np.searchsorted(cell_ids, cell[best])
     nucleus_id[rows] = nucleus[best]
     overlap[rows] = shared[best]
@@ -116,7 +112,7 @@ def cell_table(
     for index, name in enumerate(channel_names):
         columns[f"{name}{SUM_SUFFIX}"] = sums["sum"][:, index]
     if "pairs" in sums:
-        nucleus_id, shared = link_nuclei(sums["pairs"], columns["cell_id"])
+        nucleus_id, shared = nucleus_per_cell(sums["pairs"], columns["cell_id"])
         columns["nucleus_id"] = nucleus_id
         columns["nuclear_area_px"] = shared
         columns["nc_ratio"] = shared / count

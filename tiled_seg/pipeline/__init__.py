@@ -22,11 +22,11 @@ __all__ = [
 _LAZY = {
     "RunResult": "tiled_seg.pipeline._run",
     "run": "tiled_seg.pipeline._run",
-    "TileResult": "tiled_seg._manifest",
-    "MAX_LABEL_ID": "tiled_seg.pipeline._tiles",
-    "Progress": "tiled_seg.pipeline._tiles",
-    "TileJob": "tiled_seg.pipeline._tiles",
-    "segment_tile": "tiled_seg.pipeline._tiles",
+    "TileResult": "tiled_seg.pipeline.state",
+    "MAX_LABEL_ID": "tiled_seg.segment.tiles",
+    "Progress": "tiled_seg.pipeline._segment",
+    "TileJob": "tiled_seg.pipeline._segment",
+    "segment_tile": "tiled_seg.pipeline._segment",
 }
 
 

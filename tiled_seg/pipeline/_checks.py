@@ -14,7 +14,6 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from tiled_seg import __version__
-from tiled_seg._manifest import fingerprint
 from tiled_seg.config import RunConfig, validation_problems
 from tiled_seg.errors import (
     ChannelError,
@@ -24,10 +23,11 @@ from tiled_seg.errors import (
     TileLayoutError,
 )
 from tiled_seg.io.ngff import Slide, open_slide
-from tiled_seg.normalize import choose_stats_level
 from tiled_seg.pipeline._lock import check_unlocked
 from tiled_seg.pipeline._output import check_output, output_store
-from tiled_seg.segmenters import Segmenter, get_segmenter_class
+from tiled_seg.pipeline.state import fingerprint
+from tiled_seg.segment.backends import Segmenter, get_segmenter_class
+from tiled_seg.segment.normalize import choose_stats_level
 from tiled_seg.tiling import TileGrid, plan_tiles
 
 __all__ = ["Inputs", "Plan", "configured_backend", "halo_px_for", "open_inputs", "plan_run",

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Iterator
 
 from tiled_seg.errors import OutputNotWritableError, RunLockedError
-from tiled_seg.io._fs import exists, filesystem, is_url
+from tiled_seg.io.fs import exists, filesystem, is_url
 
 __all__ = ["LockHolder", "lock_path", "lock_holder", "check_unlocked", "run_lock"]
 

@@ -1,6 +1,6 @@
-"""The output store of a run: preparing it, the run status record, resume checks, scratch.
+"""The output store of a run: preparing it, its run state, resume checks.
 
-The store's ``tiled_seg`` attribute says whether a run is ``running``,
+The store's run state (:class:`~tiled_seg.pipeline.state.RunState`) says whether a run is ``running``,
 ``failed`` or ``complete``. It is set to ``running`` before any label is
 touched, to ``failed`` (with the error) when a stage raises, and to
 ``complete`` only after everything is written, so an unfinished run never
@@ -19,62 +19,33 @@ from typing import Any
 import zarr
 
 from tiled_seg import __version__
-from tiled_seg._redact import redact_secrets
-from tiled_seg._manifest import (
-    TileResult,
-    check_scratch,
-    create_scratch,
-    fingerprint,
-    read_records,
-    scratch_path,
-)
-from tiled_seg.config import RunConfig
+from tiled_seg.config import RunConfig, redact_secrets
 from tiled_seg.errors import OutputExistsError, OutputNotWritableError, ResumeError, TiledSegError
-from tiled_seg.io._fs import exists, is_url, remove_tree, same_location
+from tiled_seg.io.fs import exists, is_url, remove_tree, same_location
 from tiled_seg.io.ngff import Slide, link_image, list_labels
-from tiled_seg.normalize import SlideStats
-from tiled_seg.tiling import TileGrid
-
-#: Run states whose labels are not a result: a failed run, or one interrupted
-#: (``running`` while no live run holds the store's lock).
-UNFINISHED = ("failed", "running")
+from tiled_seg.pipeline.state import RunState
 
 
-def set_status(store: str, status: dict[str, Any]) -> None:
-    """Merge ``status`` into the ``tiled_seg`` record of ``store``."""
-    group = zarr.open_group(store, mode="a")
-    group.attrs["tiled_seg"] = {**group.attrs.get("tiled_seg", {}), **status}
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat()
 
 
-def _start_status(store: str, status: dict[str, Any]) -> None:
-    """Replace the run record, so a rerun never shows the previous run's summary."""
-    group = zarr.open_group(store, mode="a")
-    previous = group.attrs.get("tiled_seg", {})
-    kept = {"source": previous["source"]} if "source" in previous else {}
-    group.attrs["tiled_seg"] = {**kept, **status}
-
-
-def _run_state(store: str) -> dict[str, Any]:
-    """The ``tiled_seg`` record of ``store``; empty when it has none or is no zarr group."""
-    if not exists(store):
-        return {}
-    try:
-        return dict(zarr.open_group(store, mode="r").attrs.get("tiled_seg", {}))
-    except (OSError, ValueError):  # a folder or file that is no zarr group: no run record
-        return {}
+def update_state(store: str, **changes: Any) -> None:
+    """Set fields of the run state of ``store`` (see :class:`RunState`)."""
+    (RunState.read(store) or RunState()).replace(**changes).write(store)
 
 
 def _resumable(store: str, input_key: str) -> bool:
     """Whether ``store`` holds an unfinished run of these inputs and configuration."""
-    state = _run_state(store)
-    if state.get("status") == "complete":
+    state = RunState.read(store) or RunState()
+    if state.status == "complete":
         raise OutputExistsError(
             f"{store} holds a complete run; there is nothing to resume. Run without "
             "--resume, with --overwrite, to segment it again."
         )
-    if state.get("status") not in UNFINISHED:
+    if not state.unfinished:
         return False
-    if state.get("input_key") != input_key:
+    if state.input_key != input_key:
         raise ResumeError(
             f"the unfinished run in {store} used a different input or configuration; "
             "resume with the original configuration, or rerun without --resume to start over."
@@ -121,8 +92,8 @@ def check_output(
     Parameters and errors as :func:`start_output`. Returns the output store.
     """
     store = output_store(slide, output)
-    state = _run_state(store)
-    retry = state.get("status") in UNFINISHED
+    state = RunState.read(store) or RunState()
+    retry = state.unfinished
     if not (resume and _resumable(store, input_key)):
         if store != slide.path:
             if exists(store) and not overwrite and not retry:
@@ -131,7 +102,7 @@ def check_output(
                 )
         else:
             # Labels the unfinished run was writing are partial: nothing complete is lost.
-            partial = set(state.get("writes", [])) if retry else set()
+            partial = set(state.writes) if retry else set()
             present = [n for n in names if n in list_labels(store) and n not in partial]
             if present and not overwrite:
                 raise OutputExistsError(
@@ -153,8 +124,8 @@ def _prepare_output(
     if store != slide.path:
         remove_tree(store)
         version = slide.ngff_version
-        group = zarr.open_group(store, mode="w", zarr_format=3 if version == "0.5" else 2)
-        group.attrs["tiled_seg"] = {"source": slide.path}
+        zarr.open_group(store, mode="w", zarr_format=3 if version == "0.5" else 2)
+        RunState(source=slide.path).write(store)
         # A valid image store: its labels' parent must be the multiscale image.
         link_image(slide.path, store)
     return store
@@ -196,14 +167,13 @@ def start_output(
     try:
         store = _prepare_output(slide, output, names, overwrite, resume, input_key)
         # Set before any label is touched: an interrupted run never looks complete.
-        _start_status(store, {
-            "status": "running",
-            "version": __version__,
-            "started": _dt.datetime.now(_dt.timezone.utc).isoformat(),
-            "config": redact_secrets(config.model_dump(mode="json")),
-            "input_key": input_key,
-            "writes": list(names),
-        })
+        # Replaces the record, so a rerun never shows the previous run's summary.
+        previous = RunState.read(store) or RunState()
+        RunState(
+            source=previous.source, status="running", version=__version__, started=_now(),
+            config=redact_secrets(config.model_dump(mode="json")), input_key=input_key,
+            writes=tuple(names),
+        ).write(store)
     except TiledSegError:
         raise
     except OSError as error:
@@ -217,52 +187,9 @@ def start_output(
 
 def mark_failed(store: str, error: BaseException) -> None:
     """Record the run in ``store`` as failed with ``error``; a plain retry may replace it."""
-    set_status(store, {
-        "status": "failed",
-        "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(),
-        "error": f"{type(error).__name__}: {error}",
-    })
+    update_state(store, status="failed", finished=_now(), error=f"{type(error).__name__}: {error}")
 
 
 def mark_complete(store: str, summary: dict[str, Any]) -> None:
     """Record the run in ``store`` as complete, with its summary."""
-    set_status(store, {
-        "status": "complete",
-        "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(),
-        "summary": summary,
-    })
-
-
-def prepare_scratch(
-    store: str, input_key: str, stats: SlideStats, grid: TileGrid, halo_px: int, resume: bool
-) -> tuple[str, dict[int, TileResult]]:
-    """The scratch store of ``store`` and the tiles an interrupted run already recorded there.
-
-    The scratch key includes the statistics and the tiling, so tiles
-    segmented with other numbers are never mixed into a resumed run; without
-    a usable scratch a fresh one is created and no tile counts as done.
-
-    Parameters
-    ----------
-    store : str
-        The output store; the scratch store sits beside it.
-    input_key : str
-        Fingerprint of the inputs and configuration.
-    stats : SlideStats
-        The slide statistics the tiles are normalised with.
-    grid : TileGrid
-        The run's tiles.
-    halo_px : int
-        Halo width (px); the scratch holds each tile's extended box.
-    resume : bool
-        Reuse the recorded tiles of a matching scratch store.
-    """
-    scratch = scratch_path(store)
-    scratch_key = fingerprint(input=input_key, stats=stats.to_dict(), tile_px=grid.tile_px,
-                              halo_px=halo_px)
-    if resume and check_scratch(scratch, scratch_key):
-        return scratch, read_records(scratch)
-    remove_tree(scratch)
-    extended = (len(grid.tiles), grid.tile_px[0] + 2 * halo_px, grid.tile_px[1] + 2 * halo_px)
-    create_scratch(scratch, scratch_key, extended, len(grid.tiles))
-    return scratch, {}
+    update_state(store, status="complete", finished=_now(), summary=summary)

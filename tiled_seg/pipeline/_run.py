@@ -18,34 +18,28 @@ from typing import Any, Iterator
 import numpy as np
 from distributed import Client
 
-from tiled_seg._manifest import TileResult
 from tiled_seg.cluster import connect
 from tiled_seg.config import RunConfig
-from tiled_seg.expand import expand_store
-from tiled_seg.io._fs import remove_tree
+from tiled_seg.io.fs import remove_tree
 from tiled_seg.io.ngff import write_labels
 from tiled_seg.io.tables import read_parquet
 from tiled_seg.measure import measure_store
-from tiled_seg.normalize import SlideStats, build_inputs, compute_slide_stats
+from tiled_seg.measure.redsea import compensate_store
 from tiled_seg.pipeline._checks import Inputs, Plan, check_h5ad, check_run, open_inputs, plan_run
 from tiled_seg.pipeline._lock import run_lock
-from tiled_seg.pipeline._output import (
-    mark_complete,
-    mark_failed,
-    output_store,
-    prepare_scratch,
-    set_status,
-    start_output,
-)
+from tiled_seg.pipeline._output import mark_complete, mark_failed, output_store, start_output, update_state
 from tiled_seg.pipeline._scheduler import computing_on
-from tiled_seg.pipeline._stitching import PairMatcher, stitched_array
-from tiled_seg.pipeline._tiles import Progress, Schedule, TileJob, damaged_chunk, segment_tiles
-from tiled_seg.qc import run_qc
-from tiled_seg.redsea import compensate_store
-from tiled_seg.segmenters import SlideContext
-from tiled_seg.stitch import StitchPlan
+from tiled_seg.pipeline._segment import Progress, Schedule, TileJob, damaged_chunk, segment_tiles
+from tiled_seg.pipeline.state import ScratchLabels, TileResult, prepare_scratch
+from tiled_seg.quality.qc import run_qc
+from tiled_seg.segment.backends import SlideContext
+from tiled_seg.segment.expand import expand_store
+from tiled_seg.segment.normalize import SlideStats, build_inputs, compute_slide_stats
 from tiled_seg.tiling import TileGrid
-from tiled_seg.tissue import empty_tiles, tissue_mask
+from tiled_seg.tiling.join import StitchPlan
+from tiled_seg.tiling.stitch import PairMatcher, stitched_array
+from tiled_seg.tiling.tissue import empty_tiles, tissue_mask
+
 
 @dataclass(frozen=True)
 class RunResult:
@@ -67,7 +61,7 @@ class RunResult:
     nonfinite_tiles: dict[int, int] = field(default_factory=dict)
     #: Tiles taken from an interrupted run's manifest instead of segmented.
     resumed_tiles: int = 0
-    #: Quality control of the measured cells (:func:`tiled_seg.qc.run_qc`).
+    #: Quality control of the measured cells (:func:`tiled_seg.quality.qc.run_qc`).
     qc: dict[str, Any] = field(default_factory=dict)
     #: Tiles without tissue, not segmented (``tiling.skip_empty``).
     skipped_tiles: int = 0
@@ -190,12 +184,12 @@ def _write_labels(
     """
     out_names, primary = inputs.out_names, inputs.primary
     chunk_px = min(inputs.slide.chunk_yx)
-    write_labels(store, out_names[primary], stitched_array(scratch, "objects", grid, plan),
+    write_labels(store, out_names[primary], stitched_array(ScratchLabels(scratch, "objects"), grid, plan),
                  inputs.pixel_size_um, chunk_px=chunk_px, overwrite=True, progress=progress)
     written = {primary: f"{store}/labels/{out_names[primary]}"}
     n_nuclei: int | None = plan.n_objects if primary == "nuclei" else None
     if primary == "cells" and all(r.core_nucleus_ids is not None for r in results):
-        write_labels(store, out_names["nuclei"], stitched_array(scratch, "linked", grid, plan),
+        write_labels(store, out_names["nuclei"], stitched_array(ScratchLabels(scratch, "linked"), grid, plan),
                      inputs.pixel_size_um, chunk_px=chunk_px, overwrite=True, progress=progress)
         written["nuclei"] = f"{store}/labels/{out_names['nuclei']}"
         ids = [plan.luts[r.index][r.core_nucleus_ids] for r in results]
@@ -344,16 +338,17 @@ def _stages(
     """Statistics to measurement (and QC) into the prepared ``store``; marks it complete."""
     with _timed(timings, "stats"):
         stats = _slide_stats(inputs, plan.stats_level, config, progress)
-        set_status(store, {"stats": stats.to_dict()})
+        update_state(store, stats=stats.to_dict(), grid=plan.grid)
     scratch, done = prepare_scratch(store, plan.input_key, stats, plan.grid, plan.halo_px, resume)
     job = _tile_job(inputs, config, stats, scratch)
     skipped = _empty_tiles(inputs, plan, stats, config)
-    matcher = PairMatcher(client, scratch, plan.grid, config.tiling.min_overlap, skipped)
+    matcher = PairMatcher(client, ScratchLabels(scratch, "objects"), plan.grid,
+                          config.tiling.min_overlap, skipped)
     with _timed(timings, "segment"):
         results = segment_tiles(client, job, plan.grid, progress, done, skip=skipped,
-                                on_tile=matcher.add, schedule=_schedule(config))
+                                on_tile=lambda result: matcher.add(result.index), schedule=_schedule(config))
     with _timed(timings, "stitch"):
-        stitch = matcher.plan(results)
+        stitch = matcher.plan([r.core_ids for r in results])
     with _timed(timings, "write"):
         labels, n_nuclei = _write_labels(store, scratch, inputs, plan.grid, stitch, results, progress)
     if config.expand_nuclei_um is not None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from typing import Iterator
+from typing import Any, Iterator
 
 import dask
 from distributed import Client
@@ -23,7 +23,7 @@ from distributed import Client
 class _SharedSetting:
     """A dask config setting held while at least one user needs it."""
 
-    def __init__(self, **values: object) -> None:
+    def __init__(self, **values: Any) -> None:
         self._values = values
         self._lock = threading.Lock()
         self._users = 0

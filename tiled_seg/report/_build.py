@@ -12,22 +12,22 @@ import numpy as np
 import pandas as pd
 import zarr
 
-from tiled_seg.coexpression import (
-    DEFAULT_EXCLUSIVE_PAIRS,
-    CoexpressionResult,
-    SeamCheck,
-    binned_rates,
-    coexpression,
-    resolve_marker,
-    seam_check,
-    seam_lines,
-)
 from tiled_seg.errors import ChannelError, InputNotFoundError, OutputExistsError
 from tiled_seg.io.ngff import Slide, open_slide, read_labels
 from tiled_seg.io.tables import DEFAULT_TABLE, read_parquet
-from tiled_seg.qc import density_per_mm2, slide_qc
-from tiled_seg.redsea import REDSEA_SUFFIX
+from tiled_seg.measure.redsea import REDSEA_SUFFIX
+from tiled_seg.pipeline.state import RunState
+from tiled_seg.quality.coexpression import (
+    DEFAULT_EXCLUSIVE_PAIRS,
+    CoexpressionResult,
+    binned_rates,
+    coexpression,
+    resolve_marker,
+)
+from tiled_seg.quality.qc import density_per_mm2, slide_qc
+from tiled_seg.quality.seams import SeamCheck, seam_check
 from tiled_seg.report import _figures as figs
+from tiled_seg.tiling import TileGrid
 
 __all__ = ["ReportResult", "write_report"]
 
@@ -56,10 +56,6 @@ class ReportResult:
     figures: dict[str, Path]
     coexpression: CoexpressionResult | None = field(repr=False)
     seams: SeamCheck | None
-
-
-def _run_attrs(store: str) -> dict[str, Any]:
-    return dict(zarr.open_group(store, mode="r").attrs.get("tiled_seg", {}))
 
 
 def _label_levels(store: str, name: str) -> int:
@@ -100,20 +96,10 @@ def _overview(
     return rgb, out, factor * stride
 
 
-def _tile_yx(summary: dict[str, Any]) -> tuple[int, int] | None:
-    """The run's core size per axis: the QC record's, else the square ``tile_px`` of older runs."""
-    recorded = summary.get("qc", {}).get("grid", {}).get("tile_px_yx")
-    if recorded:
-        return int(recorded[0]), int(recorded[1])
-    tile_px = summary.get("tile_px")
-    return (int(tile_px), int(tile_px)) if tile_px else None
-
-
-def _seam_points(
-    shape: tuple[int, int], tile_yx: tuple[int, int], n: int, centroids: np.ndarray, half: int
-) -> list[tuple[int, int]]:
+def _seam_points(grid: TileGrid, n: int, centroids: np.ndarray, half: int) -> list[tuple[int, int]]:
     """The ``n`` seam points (tile corners, else seam midpoints) with most cells around them."""
-    ys, xs = (lines.tolist() for lines in seam_lines(tile_yx, shape))
+    shape = grid.shape_yx
+    ys, xs = grid.seam_lines()
     if ys and xs:
         points = [(y, x) for y in ys for x in xs]  # tile corners: four tiles meet
     else:
@@ -128,21 +114,22 @@ def _seam_points(
 
 def _seam_crops(
     slide: Slide, store: str, labels: str, channels: tuple[int, int | None],
-    tile_yx: tuple[int, int], halo_px: int, n: int, centroids: np.ndarray,
+    grid: TileGrid, n: int, centroids: np.ndarray,
 ) -> list[tuple[np.ndarray, np.ndarray, tuple[int, int], tuple[float, float]]]:
     height, width = slide.shape_yx
-    half = max(halo_px, 48)
+    half = max(grid.halo_px, 48)
+    seams_y, seams_x = (set(lines) for lines in grid.seam_lines())
     full = read_labels(store, labels, 0)
     nuc, mem = channels
     picked = [nuc] + ([mem] if mem is not None else [])
     crops = []
-    for y, x in _seam_points((height, width), tile_yx, n, centroids, half):
+    for y, x in _seam_points(grid, n, centroids, half):
         y0, x0 = max(0, y - half), max(0, x - half)
         y1, x1 = min(height, y + half), min(width, x + half)
         planes = np.asarray(slide.data[picked, y0:y1, x0:x1].compute(), np.float64)
         rgb = figs.composite(planes[0], planes[1] if mem is not None else None)
-        seam_y = float(y - y0) if y % tile_yx[0] == 0 and 0 < y < height else math.nan
-        seam_x = float(x - x0) if x % tile_yx[1] == 0 and 0 < x < width else math.nan
+        seam_y = float(y - y0) if y in seams_y else math.nan
+        seam_x = float(x - x0) if x in seams_x else math.nan
         crops.append((rgb, np.asarray(full[y0:y1, x0:x1].compute()), (y0, x0), (seam_y, seam_x)))
     return crops
 
@@ -232,7 +219,7 @@ def write_report(
         configured ``qc.exclusive_pairs``).
     thresholds : dict, optional
         Marker thresholds; default derived per slide (see
-        :mod:`tiled_seg.coexpression`).
+        :mod:`tiled_seg.quality.coexpression`).
     max_side_px : int
         Largest side of the overview (px).
     n_seam_crops : int
@@ -251,9 +238,9 @@ def write_report(
     cells = read_parquet(Path(store) / "tables" / f"{table}.parquet")
     usable = _pairs_in(cells, DEFAULT_EXCLUSIVE_PAIRS if pairs is None else pairs,
                        strict=pairs is not None and require_pairs)
-    attrs = _run_attrs(store)
-    summary, config = dict(attrs.get("summary", {})), dict(attrs.get("config", {}))
-    slide = open_slide(attrs.get("source") or store, config.get("pixel_size_um"))
+    state = RunState.read(store) or RunState()
+    summary, config, grid = dict(state.summary or {}), dict(state.config or {}), state.grid
+    slide = open_slide(state.source or store, config.get("pixel_size_um"))
     pixel_um = slide.pixel_size_um or float(
         (cells["centroid_y_um"] / cells["centroid_y_px"].where(cells["centroid_y_px"] > 0)).median()
     )
@@ -261,7 +248,7 @@ def write_report(
         raise InputNotFoundError(f"{store} has no labels/{labels}; run `tiled-seg run` first.")
     folder = target.parent
     folder.mkdir(parents=True, exist_ok=True)
-    tile_yx, halo_px = _tile_yx(summary), summary.get("halo_px")
+    tile_yx = None if grid is None else grid.tile_px
     channels = _inputs(slide, config)
     fig_paths: dict[str, Path] = {}
     captions: dict[str, str] = {}
@@ -275,10 +262,9 @@ def write_report(
         f"Slide overview at 1/{factor:g} resolution: nuclear channel blue, membrane green, "
         "cell outlines red, tile cores dashed yellow."
     )
-    if tile_yx and halo_px:
+    if grid is not None:
         centroids = cells[["centroid_y_px", "centroid_x_px"]].to_numpy(np.float64)
-        crops = _seam_crops(slide, store, labels, channels, tile_yx, int(halo_px), n_seam_crops,
-                            centroids)
+        crops = _seam_crops(slide, store, labels, channels, grid, n_seam_crops, centroids)
         fig_paths["seams"] = figs.seam_figure(folder / "seams.png", crops)
         captions["seams"] = (
             "Full-resolution crops where tile cores meet (dashed yellow), the seam points "
@@ -328,10 +314,10 @@ def write_report(
             "Cells per tile core and impossible co-expression rate per tile "
             + ("(the run's tile grid)." if tile_yx else f"({grid_yx[0]} px bins; no run grid recorded).")
         )
-        if tile_yx and halo_px:
-            seams = seam_check(cells, result.impossible, tile_yx, int(halo_px), slide.shape_yx)
+        if grid is not None:
+            seams = seam_check(cells, result.impossible, grid)
             coex_rows += [
-                (f"near seams (centroid within {halo_px} px), {seams.n_near} cells", seams.near_rate),
+                (f"near seams (centroid within {grid.halo_px} px), {seams.n_near} cells", seams.near_rate),
                 (f"tile interiors, {seams.n_interior} cells", seams.interior_rate),
             ]
     timings = summary.get("timings_s")

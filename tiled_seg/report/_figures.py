@@ -58,7 +58,7 @@ def overlay_outlines(rgb: np.ndarray, labels: np.ndarray, colour: Sequence[float
     return out
 
 
-def _grid_lines(ax, tile_yx: tuple[float, float], shape: tuple[int, int], **style) -> None:
+def _grid_lines(ax, tile_yx: tuple[float, float], shape: tuple[int, ...], **style) -> None:
     for y in np.arange(tile_yx[0], shape[0], tile_yx[0]):
         ax.axhline(y - 0.5, **style)
     for x in np.arange(tile_yx[1], shape[1], tile_yx[1]):
@@ -67,7 +67,7 @@ def _grid_lines(ax, tile_yx: tuple[float, float], shape: tuple[int, int], **styl
 
 def overview_figure(
     path: Path, rgb: np.ndarray, labels: np.ndarray, factor: float,
-    tile_yx: tuple[int, int] | None, title: str,
+    tile_yx: tuple[int, ...] | None, title: str,
 ) -> Path:
     """Downsampled slide with label outlines and the tile grid (dashed yellow)."""
     height, width = labels.shape

@@ -193,7 +193,7 @@ def _geometry(m: _Model, table: np.ndarray, y0: int, y1: int, x0: int, x1: int) 
     n_cols = cx.shape[1]
     best = np.full((ys.size, xs.size), np.inf)
     code = np.zeros(best.shape, np.int64)
-    offsets = []
+    offsets: list[int] = []
     # Offsets are visited in raster order, which is id order: ties go to the
     # smaller id whatever block is computed.
     for dy in range(-r, r + 1):

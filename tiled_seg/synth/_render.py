@@ -6,7 +6,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.special import ndtri
 
-from tiled_seg.synth._geometry import _geometry, _Geometry
+from tiled_seg.synth._geometry import _Geometry, _geometry
 from tiled_seg.synth._model import _TRUNCATE, _Model
 from tiled_seg.synth._panel import _TYPES
 from tiled_seg.synth._random import _hash, _poisson, _stream, _to_uniform, _uniform, _value_noise

@@ -9,13 +9,13 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
-from tiled_seg.errors import ChannelError, ConfigError, PixelSizeError
+from tiled_seg.errors import ChannelError, ConfigError, PixelSizeError, TiledSegError
 from tiled_seg.io.ngff import NGFFVersion, write_image, write_labels
-from tiled_seg.tiling import DEFAULT_CHUNK_PX
 from tiled_seg.synth._geometry import _count_table, _label_block
 from tiled_seg.synth._model import _Model
 from tiled_seg.synth._panel import CELL_TYPES, _markers
 from tiled_seg.synth._render import _image_block
+from tiled_seg.tiling import DEFAULT_CHUNK_PX
 
 __all__ = ["SynthInfo", "make_slide", "synth_arrays"]
 
@@ -75,7 +75,8 @@ def _validated_model(
 
 
 def _location(block_info: dict[Any, Any] | None) -> tuple[int, int, int, int]:
-    assert block_info is not None
+    if block_info is None:
+        raise TiledSegError("synthetic blocks are rendered by dask.array.map_blocks, which passes block_info.")
     (y0, y1), (x0, x1) = block_info[None]["array-location"][-2:]
     return y0, y1, x0, x1
 

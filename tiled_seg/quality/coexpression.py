@@ -19,12 +19,7 @@ skewed, count-like means closer to two modes. ``"percentile"`` is the
 ``percentile``-th percentile of the cell means (e.g. 90 for a marker held by
 about a tenth of the cells).
 
-Seams
------
-A cell is near a seam when its centroid lies within ``halo_px`` of a core
-edge shared by two tiles of the run's grid (cores start at 0 and are
-``tile_px`` wide; slide edges are not seams). A seam rate well above the
-interior rate points at cells cut or merged by stitching.
+Rates near tile seams against interiors are :mod:`tiled_seg.quality.seams`.
 """
 
 from __future__ import annotations
@@ -43,15 +38,12 @@ from tiled_seg.errors import ChannelError, ConfigError
 __all__ = [
     "DEFAULT_EXCLUSIVE_PAIRS",
     "CoexpressionResult",
-    "SeamCheck",
     "resolve_marker",
     "marker_thresholds",
     "positive_cells",
     "coexpression",
     "binned_rates",
-    "seam_lines",
-    "seam_distance_px",
-    "seam_check",
+    "table_shape_yx",
 ]
 
 #: Mutually exclusive marker pairs of the synthetic panel (``tiled_seg.synth``).
@@ -105,28 +97,6 @@ class CoexpressionResult:
             "thresholds": self.thresholds,
             "pairs": [list(p) for p in self.pairs],
         }
-
-
-@dataclass(frozen=True)
-class SeamCheck:
-    """Impossible co-expression near tile seams versus tile interiors.
-
-    Attributes
-    ----------
-    near_rate, interior_rate : float
-        Rate among cells whose centroid is within ``halo_px`` of a seam, and
-        among the others (NaN where a group is empty).
-    n_near, n_interior : int
-        Cells in each group.
-    ratio : float
-        ``near_rate / interior_rate`` (NaN when undefined).
-    """
-
-    near_rate: float
-    interior_rate: float
-    n_near: int
-    n_interior: int
-    ratio: float
 
 
 def resolve_marker(name: str, columns: Sequence[str]) -> str:
@@ -263,7 +233,8 @@ def coexpression(
     )
 
 
-def _shape_of(table: pd.DataFrame, shape_yx: tuple[int, int] | None) -> tuple[int, int]:
+def table_shape_yx(table: pd.DataFrame, shape_yx: tuple[int, int] | None = None) -> tuple[int, int]:
+    """``shape_yx`` where given, else the extent (px) the cells' boxes or centroids span."""
     if shape_yx is not None:
         return int(shape_yx[0]), int(shape_yx[1])
     if "bbox_max_y_px" in table:
@@ -310,7 +281,7 @@ def binned_rates(
         Cells per bin.
     """
     bin_y, bin_x = _per_axis(bin_px, "bin_px")
-    height, width = _shape_of(table, shape_yx)
+    height, width = table_shape_yx(table, shape_yx)
     rows, cols = -(-height // bin_y), -(-width // bin_x)
     by = np.clip((table["centroid_y_px"].to_numpy() // bin_y).astype(np.int64), 0, rows - 1)
     bx = np.clip((table["centroid_x_px"].to_numpy() // bin_x).astype(np.int64), 0, cols - 1)
@@ -320,72 +291,3 @@ def binned_rates(
     with np.errstate(invalid="ignore", divide="ignore"):
         rates = np.where(counts > 0, flagged.reshape(rows, cols) / counts, np.nan)
     return rates, counts
-
-
-def seam_lines(tile_px: int | Sequence[int], shape_yx: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Internal seam positions (px) along y and x of a grid with cores of ``tile_px``.
-
-    Cores are aligned to the zarr chunk per axis, so a grid of 256 x 512 px
-    cores has seams every 256 px in y and every 512 px in x; a seam at ``s``
-    lies between pixels ``s - 1`` and ``s``.
-
-    >>> [a.tolist() for a in seam_lines((256, 512), (600, 1100))]
-    [[256, 512], [512, 1024]]
-    """
-    tile_y, tile_x = _per_axis(tile_px, "tile_px")
-    return (np.arange(tile_y, shape_yx[0], tile_y), np.arange(tile_x, shape_yx[1], tile_x))
-
-
-def seam_distance_px(
-    table: pd.DataFrame, tile_px: int | Sequence[int], shape_yx: tuple[int, int] | None = None
-) -> np.ndarray:
-    """Distance (px) from each centroid to the nearest internal tile seam (inf without seams).
-
-    ``tile_px`` is the run's core size, one for both axes or ``(y, x)``
-    (``TileGrid.tile_px``); see :func:`seam_lines`.
-    """
-    shape = _shape_of(table, shape_yx)
-    distance = np.full(len(table), np.inf)
-    for column, seams in zip(("centroid_y_px", "centroid_x_px"), seam_lines(tile_px, shape)):
-        if seams.size == 0:
-            continue
-        # A seam lies between pixels seam-1 and seam, i.e. at coordinate seam - 0.5.
-        coord = table[column].to_numpy()[:, None]
-        distance = np.minimum(distance, np.abs(coord - (seams[None, :] - 0.5)).min(axis=1))
-    return distance
-
-
-def seam_check(
-    table: pd.DataFrame,
-    flags: np.ndarray,
-    tile_px: int | Sequence[int],
-    halo_px: int,
-    shape_yx: tuple[int, int] | None = None,
-) -> SeamCheck:
-    """Flagged-cell rate near tile seams (centroid within ``halo_px``) vs interiors.
-
-    Parameters
-    ----------
-    table : DataFrame
-        Cell table with ``centroid_y_px`` / ``centroid_x_px``.
-    flags : ndarray of bool, shape (n_cells,)
-    tile_px : int or (int, int)
-        The run's core size (px), per axis where the cores are not square.
-    halo_px : int
-        The run's halo (px).
-    shape_yx : (int, int), optional
-        Slide shape (px).
-
-    Returns
-    -------
-    SeamCheck
-    """
-    near = seam_distance_px(table, tile_px, shape_yx) <= halo_px
-    flags = np.asarray(flags, bool)
-
-    def rate(mask: np.ndarray) -> float:
-        return float(flags[mask].mean()) if mask.any() else float("nan")
-
-    near_rate, interior_rate = rate(near), rate(~near)
-    ratio = near_rate / interior_rate if interior_rate > 0 else float("nan")
-    return SeamCheck(near_rate, interior_rate, int(near.sum()), int((~near).sum()), float(ratio))

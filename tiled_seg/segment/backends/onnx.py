@@ -23,7 +23,7 @@ backend applies itself (``onnxruntime`` only; no ``bioimageio.core``):
 4. the declared postprocessing runs (``sigmoid`` turns logits into a
    foreground probability);
 5. instances come from a distance-transform marker watershed on the
-   probability (:func:`tiled_seg.segmenters._instances.probability_instances`),
+   probability (:func:`tiled_seg.segment.backends._instances.probability_instances`),
    objects under ``min_nucleus_area_um2`` removed.
 
 This is a nuclear-only backend: it returns the nuclei as ``cells`` and the
@@ -38,15 +38,15 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal, cast
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import Field
 
 from tiled_seg.errors import BackendError
-from tiled_seg.segmenters._instances import probability_instances, rescale_image, resize_image
-from tiled_seg.segmenters._windows import assemble_windows, cut_windows
-from tiled_seg.segmenters.base import (
+from tiled_seg.segment.backends._instances import probability_instances, rescale_image, resize_image
+from tiled_seg.segment.backends._windows import assemble_windows, cut_windows
+from tiled_seg.segment.backends.base import (
     BackendOptions,
     NetworkOutputs,
     PreparedTile,
@@ -351,20 +351,19 @@ def session_loads() -> int:
     return _loads
 
 
-class OnnxSegmenter(Segmenter):
+class OnnxSegmenter(Segmenter[OnnxOptions]):
     """Nuclei from a bioimage.io ONNX foreground model plus a marker watershed."""
 
     name: ClassVar[str] = "onnx"
     Options: ClassVar[type[BackendOptions]] = OnnxOptions
 
-    def __init__(self, options: BackendOptions | dict[str, Any] | None = None) -> None:
+    def __init__(self, options: OnnxOptions | dict[str, Any] | None = None) -> None:
         super().__init__(options)
-        self._session: Any = None
         self._description: ModelDescription | None = None
         self._lock = threading.Lock()
 
     def _model_path(self) -> Path:
-        options = cast(OnnxOptions, self.options)
+        options = self.options
         given = options.model or os.environ.get(ENV_MODEL)
         if not given:
             raise BackendError(
@@ -385,47 +384,45 @@ class OnnxSegmenter(Segmenter):
                 self._description = read_description(self._model_path())
         return self._description
 
-    def load(self) -> tuple[Any, ModelDescription]:
-        """The ONNX session and the model description, loaded once per instance."""
+    def load_model(self) -> tuple[Any, ModelDescription]:
+        """The ONNX session and the model description."""
         global _loads
-        with self._lock:
-            if self._session is None:
-                options = cast(OnnxOptions, self.options)
-                description = self._description or read_description(self._model_path())
-                if not description.weights.is_file():
-                    raise BackendError(
-                        f"ONNX weights {description.weights} named by {description.path} "
-                        "are missing; unpack the whole bioimage.io model package."
-                    )
-                if options.verify_sha256 and description.weights_sha256:
-                    if _sha256(description.weights) != description.weights_sha256:
-                        raise BackendError(
-                            f"{description.weights} does not match the sha256 in "
-                            f"{description.path}; download the model again."
-                        )
-                import onnxruntime
-
-                available = onnxruntime.get_available_providers()
-                providers = options.providers or [
-                    p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available
-                ]
-                settings = onnxruntime.SessionOptions()
-                if options.intra_op_threads:
-                    settings.intra_op_num_threads = options.intra_op_threads
-                self._session = onnxruntime.InferenceSession(
-                    str(description.weights), sess_options=settings, providers=providers
+        options = self.options
+        description = self.description()
+        if not description.weights.is_file():
+            raise BackendError(
+                f"ONNX weights {description.weights} named by {description.path} "
+                "are missing; unpack the whole bioimage.io model package."
+            )
+        if options.verify_sha256 and description.weights_sha256:
+            if _sha256(description.weights) != description.weights_sha256:
+                raise BackendError(
+                    f"{description.weights} does not match the sha256 in "
+                    f"{description.path}; download the model again."
                 )
-                self._description = description
-                with _loads_lock:
-                    _loads += 1
-        return self._session, cast(ModelDescription, self._description)
+        import onnxruntime
+
+        available = onnxruntime.get_available_providers()
+        providers = options.providers or [
+            p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available
+        ]
+        settings = onnxruntime.SessionOptions()
+        if options.intra_op_threads:
+            settings.intra_op_num_threads = options.intra_op_threads
+        session = onnxruntime.InferenceSession(
+            str(description.weights), sess_options=settings, providers=providers
+        )
+        with _loads_lock:
+            _loads += 1
+        return session, description
+
 
     @property
     def predict_batch_size(self) -> int:
         """Windows per call: 1 for a model whose batch axis is fixed at 1."""
-        session, _ = self.load()
+        session, _ = self.model
         fixed = session.get_inputs()[0].shape[0] == 1
-        return 1 if fixed else cast(OnnxOptions, self.options).batch_size
+        return 1 if fixed else self.options.batch_size
 
     def prepare(
         self,
@@ -437,7 +434,7 @@ class OnnxSegmenter(Segmenter):
 
         The windows come out in the model's declared axis order.
         """
-        options = cast(OnnxOptions, self.options)
+        options = self.options
         description = self.description()
         factor = (
             context.pixel_size_um / options.model_pixel_size_um
@@ -463,7 +460,7 @@ class OnnxSegmenter(Segmenter):
 
     def predict(self, network: str, batch: np.ndarray) -> tuple[np.ndarray, ...]:
         """The ONNX session on a batch in the model's input order; output as ``(N, Y, X, C)``."""
-        session, description = self.load()
+        session, description = self.model
         result = session.run(None, {session.get_inputs()[0].name: batch})[0]
         return (np.transpose(result, [description.output_axes.index(a) for a in "byxc"]),)
 
@@ -471,7 +468,7 @@ class OnnxSegmenter(Segmenter):
         self, prepared: PreparedTile, outputs: NetworkOutputs, context: SlideContext
     ) -> Segmentation:
         """Declared postprocessing, windows assembled, then the marker watershed."""
-        options = cast(OnnxOptions, self.options)
+        options = self.options
         nuclei = probability_instances(
             self._probability(prepared, outputs),
             context,
@@ -490,7 +487,7 @@ class OnnxSegmenter(Segmenter):
         return self._probability(prepared, outputs)
 
     def _probability(self, prepared: PreparedTile, outputs: NetworkOutputs) -> np.ndarray:
-        channel = cast(OnnxOptions, self.options).output_channel
+        channel = self.options.output_channel
         (result,) = outputs["nuclear"]
         probability = _postprocess(result[..., channel : channel + 1], self.description())
         assembled = assemble_windows(probability, prepared.state["layout"])[..., 0]

@@ -249,7 +249,7 @@ def _classify_leftovers(
     }
 
 
-def _ratio(num: int, den: int, empty: float) -> float:
+def _ratio(num: float, den: float, empty: float) -> float:
     return num / den if den else empty
 
 
@@ -365,17 +365,17 @@ def contingency_dask(pred: da.Array | np.ndarray, true: da.Array | np.ndarray) -
     Contingency
         Equal to ``contingency(pred, true)`` of the whole images.
     """
-    pred, true = da.asarray(pred), da.asarray(true)
-    if pred.shape != true.shape:
+    pred_blocks, true_blocks = da.asarray(pred), da.asarray(true)
+    if pred_blocks.shape != true_blocks.shape:
         raise AxesError(
-            f"pred has shape {pred.shape} but true has {true.shape}; compare label "
+            f"pred has shape {pred_blocks.shape} but true has {true_blocks.shape}; compare label "
             "images of the same field at the same resolution."
         )
-    pred = pred.rechunk(true.chunks)
+    pred_blocks = pred_blocks.rechunk(true_blocks.chunks)
     kernel = dask.delayed(contingency, pure=True)
     leaves = [
         kernel(p, t)
-        for p, t in zip(pred.to_delayed().ravel(), true.to_delayed().ravel())
+        for p, t in zip(pred_blocks.to_delayed().ravel(), true_blocks.to_delayed().ravel())
     ]
     return compute_blocks(leaves, tree_reduce(leaves, _sum_tables), "evaluate")
 

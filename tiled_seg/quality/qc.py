@@ -1,7 +1,7 @@
 """Quality checks of a segmentation: seam diagnostics, counts, sizes and density.
 
-Impossible co-expression lives in :mod:`tiled_seg.coexpression`, spillover
-compensation in :mod:`tiled_seg.redsea`, the HTML page in
+Impossible co-expression lives in :mod:`tiled_seg.quality.coexpression`, spillover
+compensation in :mod:`tiled_seg.measure.redsea`, the HTML page in
 :mod:`tiled_seg.report`. :func:`run_qc` gathers all of it for one run (the
 ``qc`` section of the run summary).
 """
@@ -15,20 +15,14 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from tiled_seg.coexpression import (
-    _shape_of,
-    binned_rates,
-    coexpression,
-    resolve_marker,
-    seam_check,
-    seam_lines,
-)
 from tiled_seg.config import QCConfig
 from tiled_seg.errors import ChannelError, ConfigError
-from tiled_seg.evaluate import contingency
+from tiled_seg.quality.coexpression import binned_rates, coexpression, resolve_marker, table_shape_yx
+from tiled_seg.quality.evaluate import contingency
+from tiled_seg.quality.seams import seam_check, seam_edge_cells
 from tiled_seg.tiling import TileGrid
 
-__all__ = ["SlideQC", "cut_objects", "density_per_mm2", "slide_qc", "seam_edge_cells", "run_qc", "headline"]
+__all__ = ["SlideQC", "cut_objects", "density_per_mm2", "slide_qc", "run_qc", "headline"]
 
 
 @dataclass(frozen=True)
@@ -96,7 +90,7 @@ def _bins(
     """Cells per bin and each bin's true area (mm^2, smaller at the slide's far edges)."""
     bin_px = max(1, int(round(bin_um / pixel_size_um)))
     _, counts = binned_rates(table, np.zeros(len(table), bool), bin_px, shape_yx)
-    extent = _shape_of(table, shape_yx)
+    extent = table_shape_yx(table, shape_yx)
     height = np.diff(np.minimum(np.arange(counts.shape[0] + 1) * bin_px, extent[0]))
     width = np.diff(np.minimum(np.arange(counts.shape[1] + 1) * bin_px, extent[1]))
     return counts, np.outer(height, width) * (pixel_size_um * 1e-3) ** 2
@@ -156,53 +150,6 @@ def cut_objects(reference: np.ndarray, candidate: np.ndarray, min_fraction: floa
     fraction = table.counts[keep] / area[table.true_ids[keep]]
     pieces = np.bincount(table.true_ids[keep][fraction >= min_fraction], minlength=area.size)
     return np.flatnonzero(pieces >= 2).astype(np.int64)
-
-
-def seam_edge_cells(
-    table: pd.DataFrame, tile_px: int | Sequence[int], shape_yx: tuple[int, int]
-) -> dict[str, Any]:
-    """Cell box edges lying exactly on tile seams, against every other line.
-
-    A cell cut in two at a seam leaves two pieces whose boxes end on the seam
-    line. Boxes also end on any line by chance, so the count on the seams is
-    compared with the count expected there: the mean count over all other
-    lines inside the slide (both axes) times the number of seams. Without
-    cutting ``ratio`` is near 1 (with Poisson noise on small slides); cut
-    cells raise it.
-
-    Parameters
-    ----------
-    table : DataFrame
-        Cell table with ``bbox_min_y_px``, ``bbox_max_y_px``, ``bbox_min_x_px``,
-        ``bbox_max_x_px`` (max exclusive).
-    tile_px : int or (int, int)
-        The run's core size (px), per axis.
-    shape_yx : (int, int)
-        Slide shape (px).
-
-    Returns
-    -------
-    dict
-        ``edges_on_seams`` (box edges on seam lines), ``expected`` (the
-        count other lines give), ``ratio`` (NaN without seams or edges)
-        and ``n_seams`` (seam lines, both axes).
-    """
-    on_seams, expected, n_seams = 0, 0.0, 0
-    for axis, seams, extent in zip("yx", seam_lines(tile_px, shape_yx), shape_yx):
-        ends = np.concatenate([table[f"bbox_min_{axis}_px"], table[f"bbox_max_{axis}_px"]]).astype(np.int64)
-        counts = np.bincount(ends, minlength=extent + 1)
-        others = np.ones(counts.size, bool)
-        others[[0, extent]] = False  # slide edges, where every box there ends
-        others[seams] = False
-        on_seams += int(counts[seams].sum())
-        expected += float(counts[others].mean()) * seams.size if others.any() else 0.0
-        n_seams += int(seams.size)
-    return {
-        "edges_on_seams": on_seams,
-        "expected": expected,
-        "ratio": on_seams / expected if expected > 0 else math.nan,
-        "n_seams": n_seams,
-    }
 
 
 def _present_pairs(
@@ -275,14 +222,14 @@ def run_qc(
         "skipped_pairs": [list(p) for p in skipped],
         "grid": {"tile_px_yx": list(grid.tile_px), "halo_px": grid.halo_px,
                  "shape_yx": list(grid.shape_yx)},
-        "seam_edges": seam_edge_cells(table, grid.tile_px, grid.shape_yx),
+        "seam_edges": seam_edge_cells(table, grid),
         "slide": slide_qc(table, pixel_size_um, settings.density_bin_um, grid.shape_yx).to_dict(),
     }
     if pairs and len(table):
         result = coexpression(table, pairs, method=settings.threshold, percentile=settings.percentile)
         flags = result.impossible
         rates, counts = binned_rates(table, flags, grid.tile_px, grid.shape_yx)
-        seams = seam_check(table, flags, grid.tile_px, grid.halo_px, grid.shape_yx)
+        seams = seam_check(table, flags, grid)
         record["coexpression"] = {**result.to_dict(), "threshold": settings.threshold}
         record["per_tile"] = [
             {"tile": t.index, "n_cells": int(counts[t.grid_yx]), "rate": float(rates[t.grid_yx])}

@@ -16,13 +16,14 @@ depend on where the tile was cut: tiles stitch without seams.
 from __future__ import annotations
 
 import math
-from typing import ClassVar, cast
+from typing import ClassVar
 
 import numpy as np
 from pydantic import Field, model_validator
 from scipy import ndimage as ndi
 
-from tiled_seg.segmenters.base import BackendOptions, Segmentation, Segmenter, SlideContext
+from tiled_seg.labels import consecutive_lookup, first_of_groups
+from tiled_seg.segment.backends.base import BackendOptions, Segmentation, Segmenter, SlideContext
 
 __all__ = ["WatershedOptions", "WatershedSegmenter", "segment_nuclei", "grow_cells"]
 
@@ -124,11 +125,7 @@ def _keep_largest_piece(labels: np.ndarray) -> np.ndarray:
     # Largest piece first within each id; equal sizes keep the first in raster order.
     keep = np.zeros(size.size, dtype=bool)
     candidates = np.arange(1, size.size)
-    order = np.lexsort((candidates, -size[candidates], piece_id[candidates]))
-    ranked = candidates[order]
-    first = np.ones(ranked.size, dtype=bool)
-    first[1:] = piece_id[ranked][1:] != piece_id[ranked][:-1]
-    keep[ranked[first]] = True
+    keep[candidates[first_of_groups(piece_id[candidates], -size[candidates], candidates)]] = True
     return np.where(keep[pieces], flat, 0).reshape(labels.shape)
 
 
@@ -239,7 +236,7 @@ def _clip_radius(cells: np.ndarray, nuclei: np.ndarray, radius_px: float) -> np.
     return np.where(far & (nuclei == 0), 0, cells)
 
 
-class WatershedSegmenter(Segmenter):
+class WatershedSegmenter(Segmenter[WatershedOptions]):
     """Nuclear marker watershed plus membrane-guided cell growth (CPU, no weights)."""
 
     name: ClassVar[str] = "watershed"
@@ -252,13 +249,10 @@ class WatershedSegmenter(Segmenter):
         context: SlideContext,
     ) -> Segmentation:
         """Segment one tile; see :class:`Segmenter`."""
-        options = cast(WatershedOptions, self.options)
+        options = self.options
         nuclei = segment_nuclei(nuclear, options, context)
         cells = _keep_largest_piece(grow_cells(nuclei, membrane, options, context))
         nuclei = _keep_largest_piece(np.where(cells == nuclei, nuclei, 0))
         # Renumber both by one map so that nucleus k stays inside cell k.
-        ids = np.unique(nuclei)
-        ids = ids[ids > 0]
-        lookup = np.zeros(int(max(cells.max(), nuclei.max())) + 1, dtype=np.int32)
-        lookup[ids] = np.arange(1, ids.size + 1, dtype=np.int32)
+        lookup = consecutive_lookup(nuclei, size=int(cells.max(initial=0)) + 1)
         return Segmentation(cells=lookup[cells], nuclei=lookup[nuclei])

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import threading
 from abc import ABC
 from dataclasses import dataclass
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar, Generic, Sequence, TypeVar, cast
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
+
+from tiled_seg.errors import BackendError
 
 __all__ = [
     "SlideContext",
@@ -88,7 +91,13 @@ class BackendOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class Segmenter(ABC):
+OptionsT = TypeVar("OptionsT", bound=BackendOptions)
+
+#: :attr:`Segmenter.model` before :meth:`Segmenter.load_model` ran.
+_NOT_LOADED = object()
+
+
+class Segmenter(ABC, Generic[OptionsT]):
     """A segmentation backend.
 
     Subclasses set ``name`` and ``Options`` (a :class:`BackendOptions`) and
@@ -106,9 +115,14 @@ class Segmenter(ABC):
     its ``segment`` in one CPU task. For a staged backend ``segment`` runs
     the three stages in a row, so both paths give the same labels.
 
-    Heavy libraries are imported inside methods so the core installs without
-    TensorFlow or PyTorch. Instances are created once per worker process and
-    reused for every tile (see ``registry``).
+    A backend with weights builds them in :meth:`load_model`; :attr:`model`
+    calls it once, on first use, whichever thread asks first. Heavy
+    libraries are imported there and in the other methods, so the core
+    installs without TensorFlow or PyTorch. Instances are created once per
+    worker process and reused for every tile (see ``registry``).
+
+    Subclass ``Segmenter[MyOptions]`` so that ``self.options`` has the type
+    of the backend's own options.
     """
 
     name: ClassVar[str]
@@ -116,16 +130,37 @@ class Segmenter(ABC):
     #: Whether the backend benefits from a GPU worker.
     uses_gpu: ClassVar[bool] = False
 
-    def __init__(self, options: BackendOptions | dict[str, Any] | None = None) -> None:
+    def __init__(self, options: OptionsT | dict[str, Any] | None = None) -> None:
         cls = type(self)
         if cls.segment is Segmenter.segment and cls.postprocess is Segmenter.postprocess:
-            raise TypeError(
+            raise BackendError(
                 f"{cls.__name__} implements neither segment nor prepare/predict/postprocess; "
                 "implement segment, or the three stages."
             )
-        if not isinstance(options, BackendOptions):
-            options = self.Options(**(options or {}))
-        self.options = options
+        if isinstance(options, BackendOptions):
+            checked: BackendOptions = options
+        else:
+            checked = self.Options(**(options or {}))
+        self.options: OptionsT = cast(OptionsT, checked)
+        self._model: Any = _NOT_LOADED
+        self._model_lock = threading.Lock()
+
+    def load_model(self) -> Any:
+        """Build the backend's model (networks, sessions) from its options.
+
+        Called once per instance, by :attr:`model`; backends without weights
+        keep this default (None). Raise :class:`BackendError` when the
+        weights cannot be loaded.
+        """
+        return None
+
+    @property
+    def model(self) -> Any:
+        """The backend's model, loaded on first use and kept (thread-safe)."""
+        with self._model_lock:
+            if self._model is _NOT_LOADED:
+                self._model = self.load_model()
+        return self._model
 
     def staged(self) -> bool:
         """Whether this backend runs its network in a separate predict stage.

@@ -13,7 +13,7 @@ finds 0 differing pixels. The steps, in DeepCell's order:
 2. :func:`preprocess`: per channel, clip at the 99.9th percentile of the
    non-zero pixels, rescale to 0-1 and equalise with CLAHE (kernel 128 px);
 3. the network in blended windows
-   (:func:`tiled_seg.segmenters._blended_windows.predict_blended`);
+   (:func:`tiled_seg.segment.backends._blended_windows.predict_blended`);
 4. :func:`deep_watershed` per compartment, with DeepCell's settings
    (:data:`WHOLE_CELL`, :data:`NUCLEAR`): markers are h-maxima of the inner
    distance, a watershed of the smoothed interior inside its threshold,
@@ -33,7 +33,8 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from tiled_seg.errors import BackendError
-from tiled_seg.segmenters._instances import relabel_consecutive, remove_small_labels
+from tiled_seg.labels import relabel_consecutive
+from tiled_seg.segment.backends._instances import remove_small_labels
 
 __all__ = [
     "WatershedSettings",
@@ -301,8 +302,9 @@ def split_outputs(
             "point `model_path` at DeepCell's MultiplexSegmentation model."
         )
     if names is not None:
-        indices = [_head_index(str(n)) for n in names]
-        if all(i is not None for i in indices) and sorted(indices) == sorted(set(indices)):  # type: ignore[type-var]
+        found = [_head_index(str(n)) for n in names]
+        indices = [i for i in found if i is not None]
+        if len(indices) == len(found) and len(set(indices)) == len(indices):
             outputs = [o for _, o in sorted(zip(indices, outputs), key=lambda pair: pair[0])]
     result: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for compartment, (distance_head, pixel_head) in COMPARTMENT_HEADS.items():

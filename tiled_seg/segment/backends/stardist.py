@@ -58,15 +58,15 @@ import io
 import os
 import threading
 from pathlib import Path
-from typing import Any, ClassVar, cast
+from typing import Any, ClassVar
 
 import numpy as np
 from pydantic import Field, field_validator
 
 from tiled_seg.errors import BackendError
-from tiled_seg.segmenters._instances import relabel_consecutive
-from tiled_seg.segmenters._tensorflow import allow_memory_growth
-from tiled_seg.segmenters.base import (
+from tiled_seg.labels import relabel_consecutive
+from tiled_seg.segment.backends._tensorflow import allow_memory_growth
+from tiled_seg.segment.backends.base import (
     BackendOptions,
     NetworkOutputs,
     PreparedTile,
@@ -189,57 +189,49 @@ def grow_cells(nuclei: np.ndarray, expansion_px: float) -> np.ndarray:
     return expand_labels(nuclei, expansion_px).astype(np.int32, copy=False)
 
 
-class StardistSegmenter(Segmenter):
+class StardistSegmenter(Segmenter[StardistOptions]):
     """Nuclei from a StarDist2D model; cells by exclusive expansion of the nuclei."""
 
     name: ClassVar[str] = "stardist"
     Options: ClassVar[type[BackendOptions]] = StardistOptions
     uses_gpu: ClassVar[bool] = True
 
-    def __init__(self, options: BackendOptions | dict[str, Any] | None = None) -> None:
+    def __init__(self, options: StardistOptions | dict[str, Any] | None = None) -> None:
         super().__init__(options)
-        self._model: Any = None
-        self._lock = threading.Lock()
         # Keras models are not safe to call from several threads at once.
         self._predict_lock = threading.Lock()
 
-    @property
-    def _options(self) -> StardistOptions:
-        return cast(StardistOptions, self.options)
-
     def staged(self) -> bool:
         """Staged unless ``n_tiles`` asks for StarDist's own tiling (one-call route)."""
-        n_tiles = self._options.n_tiles
+        n_tiles = self.options.n_tiles
         return n_tiles is None or n_tiles == (1, 1)
 
     def check_model(self) -> None:
         """The model folder must hold ``config.json`` and weights (nothing is loaded)."""
-        find_model(self._options.model)
+        find_model(self.options.model)
 
-    def load(self) -> Any:
-        """The ``StarDist2D`` model, loaded once per instance."""
+    def load_model(self) -> Any:
+        """The ``StarDist2D`` model of the folder (called once, by :attr:`model`)."""
         global _loads
-        with self._lock:
-            if self._model is None:
-                folder = find_model(self._options.model)
-                try:
-                    import tensorflow as tf
-                    from stardist.models import StarDist2D
-                except ImportError as error:
-                    raise BackendError(
-                        f"the stardist backend needs StarDist and TensorFlow ({error.name} is "
-                        "missing); install them with `pip install 'tiled-seg[stardist]'`."
-                    ) from error
-                allow_memory_growth(tf)
-                # StarDist prints which weights and thresholds it loaded.
-                with contextlib.redirect_stdout(io.StringIO()):
-                    self._model = StarDist2D(None, name=folder.name, basedir=str(folder.parent))
-                with _loads_lock:
-                    _loads += 1
-        return self._model
+        folder = find_model(self.options.model)
+        try:
+            import tensorflow as tf
+            from stardist.models import StarDist2D
+        except ImportError as error:
+            raise BackendError(
+                f"the stardist backend needs StarDist and TensorFlow ({error.name} is "
+                "missing); install them with `pip install 'tiled-seg[stardist]'`."
+            ) from error
+        allow_memory_growth(tf)
+        # StarDist prints which weights and thresholds it loaded.
+        with contextlib.redirect_stdout(io.StringIO()):
+            model = StarDist2D(None, name=folder.name, basedir=str(folder.parent))
+        with _loads_lock:
+            _loads += 1
+        return model
 
     def _thresholds(self) -> dict[str, float]:
-        model, o = self.load(), self._options
+        model, o = self.model, self.options
         return {
             "prob_thresh": o.prob_thresh if o.prob_thresh is not None else model.thresholds.prob,
             "nms_thresh": o.nms_thresh if o.nms_thresh is not None else model.thresholds.nms,
@@ -255,7 +247,7 @@ class StardistSegmenter(Segmenter):
 
         The membrane input is not used.
         """
-        model = self.load()
+        model = self.model
         image = np.asarray(nuclear, np.float32)
         div_by = model._axes_div_by("YX")
         pad = tuple((d - s % d) % d for d, s in zip(div_by, image.shape))
@@ -269,7 +261,7 @@ class StardistSegmenter(Segmenter):
         Returns the object probability ``(N, Y'/g, X'/g, 1)`` and the ray
         distances ``(N, Y'/g, X'/g, n_rays)`` (px), ``g`` the model's grid.
         """
-        model = self.load()
+        model = self.model
         with self._predict_lock:
             prob, dist = model.keras_model.predict(batch, verbose=0)[:2]
         return np.asarray(prob, np.float32), np.asarray(dist, np.float32)
@@ -280,7 +272,7 @@ class StardistSegmenter(Segmenter):
         """StarDist's candidate selection and polygon NMS, then the cells by expansion."""
         from stardist.nms import _ind_prob_thresh
 
-        model = self.load()
+        model = self.model
         thresholds = self._thresholds()
         grid = tuple(int(g) for g in model.config.grid)
         shape = prepared.state["shape"]
@@ -305,15 +297,15 @@ class StardistSegmenter(Segmenter):
         """The three stages, or with ``n_tiles`` one ``predict_instances`` call."""
         if self.staged():
             return super().segment(nuclear, membrane, context)
-        model = self.load()
+        model = self.model
         with self._predict_lock:
             labels, _ = model.predict_instances(
-                np.asarray(nuclear, np.float32), axes="YX", n_tiles=self._options.n_tiles,
+                np.asarray(nuclear, np.float32), axes="YX", n_tiles=self.options.n_tiles,
                 show_tile_progress=False, **self._thresholds(),
             )
         return self._finish(labels, context)
 
     def _finish(self, labels: np.ndarray, context: SlideContext) -> Segmentation:
         nuclei = relabel_consecutive(labels)
-        cells = grow_cells(nuclei, self._options.expansion_um / context.pixel_size_um)
+        cells = grow_cells(nuclei, self.options.expansion_um / context.pixel_size_um)
         return Segmentation(cells=cells, nuclei=nuclei)

@@ -9,17 +9,17 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from tiled_seg.errors import BackendError
-from tiled_seg.segmenters.base import Segmenter
+from tiled_seg.segment.backends.base import Segmenter
 
 __all__ = ["available_backends", "get_segmenter_class", "get_segmenter", "load_count"]
 
 #: Built-in backends, imported lazily so their heavy libraries load only on use.
 _BUILTIN = {
-    "watershed": "tiled_seg.segmenters.watershed:WatershedSegmenter",
-    "onnx": "tiled_seg.segmenters.onnx:OnnxSegmenter",
-    "cellpose": "tiled_seg.segmenters.cellpose:CellposeSegmenter",
-    "mesmer": "tiled_seg.segmenters.mesmer:MesmerSegmenter",
-    "stardist": "tiled_seg.segmenters.stardist:StardistSegmenter",
+    "watershed": "tiled_seg.segment.backends.watershed:WatershedSegmenter",
+    "onnx": "tiled_seg.segment.backends.onnx:OnnxSegmenter",
+    "cellpose": "tiled_seg.segment.backends.cellpose:CellposeSegmenter",
+    "mesmer": "tiled_seg.segment.backends.mesmer:MesmerSegmenter",
+    "stardist": "tiled_seg.segment.backends.stardist:StardistSegmenter",
 }
 _ENTRY_POINT_GROUP = "tiled_seg.segmenters"
 

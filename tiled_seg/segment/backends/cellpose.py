@@ -49,8 +49,9 @@ import numpy as np
 from pydantic import Field
 
 from tiled_seg.errors import BackendError
-from tiled_seg.segmenters._instances import link_nuclei, relabel_consecutive
-from tiled_seg.segmenters.base import (
+from tiled_seg.labels import relabel_consecutive
+from tiled_seg.segment.backends._instances import link_nuclei
+from tiled_seg.segment.backends.base import (
     BackendOptions,
     NetworkOutputs,
     PreparedTile,
@@ -138,33 +139,28 @@ def _resolve(name_or_path: str) -> tuple[str, bool]:
     )
 
 
-class CellposeSegmenter(Segmenter):
+class CellposeSegmenter(Segmenter[CellposeOptions]):
     """Whole cells (and nuclei) from Cellpose."""
 
     name: ClassVar[str] = "cellpose"
     Options: ClassVar[type[BackendOptions]] = CellposeOptions
     uses_gpu: ClassVar[bool] = True
 
-    def __init__(self, options: BackendOptions | dict[str, Any] | None = None) -> None:
+    def __init__(self, options: CellposeOptions | dict[str, Any] | None = None) -> None:
         super().__init__(options)
-        self._models: dict[str, Any] = {}
         self._diam_means: dict[str, Any] = {}
         self._lock = threading.Lock()
-
-    @property
-    def _options(self) -> CellposeOptions:
-        return cast(CellposeOptions, self.options)
 
     def _use_gpu(self) -> bool:
         import torch
 
         available = torch.cuda.is_available()
-        if self._options.gpu is True and not available:
+        if self.options.gpu is True and not available:
             raise BackendError("gpu=true but torch sees no CUDA GPU; set gpu to auto or false.")
-        return available and self._options.gpu is not False
+        return available and self.options.gpu is not False
 
     def _model_names(self) -> dict[str, str]:
-        o, major = self._options, cellpose_major_version()
+        o, major = self.options, cellpose_major_version()
         cell = o.pretrained_model or ("cpsam" if major >= 4 else "cyto3")
         nuclear = o.nuclear_model or (cell if major >= 4 else "nuclei")
         wanted = {"whole-cell": {"cell": cell}, "nuclear": {"nuclear": nuclear}}
@@ -175,35 +171,32 @@ class CellposeSegmenter(Segmenter):
         for name in self._model_names().values():
             _resolve(name)
 
-    def load(self) -> dict[str, Any]:
-        """The Cellpose models this compartment needs, built once per instance."""
+    def load_model(self) -> dict[str, Any]:
+        """The Cellpose models this compartment needs, by network (``cell``, ``nuclear``)."""
         global _loads
-        with self._lock:
-            if not self._models:
-                try:
-                    from cellpose import models
-                except ImportError as error:
-                    raise BackendError(
-                        f"the cellpose backend needs Cellpose and PyTorch ({error.name} is "
-                        "missing); install them with `pip install 'tiled-seg[cellpose]'`."
-                    ) from error
-                gpu, built = self._use_gpu(), {}
-                resolved = {role: _resolve(name) for role, name in self._model_names().items()}
-                for role, (target, builtin) in resolved.items():
-                    if cellpose_major_version() >= 4:
-                        built[role] = models.CellposeModel(gpu=gpu, pretrained_model=target)
-                    else:
-                        # MKLDNN re-converts the network on every eval call (seconds
-                        # per tile on CPU); plain PyTorch kernels are faster here.
-                        key = "model_type" if builtin else "pretrained_model"
-                        built[role] = models.CellposeModel(gpu=gpu, mkldnn=False, **{key: target})
-                    with _loads_lock:
-                        _loads += 1
-                self._models = built
-        return self._models
+        try:
+            from cellpose import models
+        except ImportError as error:
+            raise BackendError(
+                f"the cellpose backend needs Cellpose and PyTorch ({error.name} is "
+                "missing); install them with `pip install 'tiled-seg[cellpose]'`."
+            ) from error
+        gpu, built = self._use_gpu(), {}
+        resolved = {role: _resolve(name) for role, name in self._model_names().items()}
+        for role, (target, builtin) in resolved.items():
+            if cellpose_major_version() >= 4:
+                built[role] = models.CellposeModel(gpu=gpu, pretrained_model=target)
+            else:
+                # MKLDNN re-converts the network on every eval call (seconds
+                # per tile on CPU); plain PyTorch kernels are faster here.
+                key = "model_type" if builtin else "pretrained_model"
+                built[role] = models.CellposeModel(gpu=gpu, mkldnn=False, **{key: target})
+            with _loads_lock:
+                _loads += 1
+        return built
 
     def _eval(self, model: Any, image: np.ndarray, diameter_px: float, channels: list[int]) -> np.ndarray:
-        o = self._options
+        o = self.options
         normalize: dict[str, Any] = {"normalize": o.normalize == "tile"}
         kwargs: dict[str, Any] = dict(
             batch_size=o.batch_size,
@@ -227,7 +220,7 @@ class CellposeSegmenter(Segmenter):
 
     def _roles(self) -> list[tuple[str, list[int], float]]:
         """(network, Cellpose 3 channels, diameter in um) of each model this compartment runs."""
-        o = self._options
+        o = self.options
         wanted = self._model_names()
         roles = [("cell", [1, 2], o.cell_diameter_um), ("nuclear", [2, 0], o.nucleus_diameter_um)]
         return [role for role in roles if role[0] in wanted]
@@ -260,7 +253,7 @@ class CellposeSegmenter(Segmenter):
         from cellpose import transforms
         from cellpose.models import normalize_default
 
-        o = self._options
+        o = self.options
         image = _stack(nuclear, membrane)
         windows: dict[str, np.ndarray] = {}
         state: dict[str, Any] = {}
@@ -286,7 +279,7 @@ class CellposeSegmenter(Segmenter):
         """Cellpose's network on ``(N, 2, 224, 224)`` tiles: flows and cell probability, styles."""
         from cellpose.core import _forward
 
-        return tuple(_forward(self.load()[network].net, batch))
+        return tuple(_forward(self.model[network].net, batch))
 
     def postprocess(
         self, prepared: PreparedTile, outputs: NetworkOutputs, context: SlideContext
@@ -295,7 +288,7 @@ class CellposeSegmenter(Segmenter):
         import torch
         from cellpose import dynamics, transforms
 
-        o = self._options
+        o = self.options
         masks: dict[str, np.ndarray] = {}
         for role, _, _ in self._roles():
             st = prepared.state[role]
@@ -333,8 +326,8 @@ class CellposeSegmenter(Segmenter):
         context: SlideContext,
     ) -> Segmentation:
         """Segment one tile with Cellpose's own ``eval`` (network and dynamics in one call)."""
-        o = self._options
-        models = self.load()
+        o = self.options
+        models = self.model
         image = _stack(nuclear, membrane)
         px = context.pixel_size_um
         cells = nuclei = None

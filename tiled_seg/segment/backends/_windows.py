@@ -1,11 +1,11 @@
-"""Model windows cut out of a tile and put back: the two halves of ``predict_in_windows``.
+"""Model windows cut out of a tile and put back (crop-margin tiling).
 
-A backend's ``prepare`` stage cuts its model input into windows
-(:func:`cut_windows`); the windows of several tiles can then be batched
-together on the accelerator, and the ``postprocess`` stage assembles the
-network outputs with :func:`assemble_windows`. The layout is the one of
-:func:`tiled_seg.segmenters._instances.predict_in_windows`, so the result is
-the same pixel for pixel.
+A backend's ``prepare`` stage cuts its model input into fixed-size
+overlapping windows (:func:`cut_windows`); the windows of several tiles can
+then be batched together on the accelerator, and the ``postprocess`` stage
+assembles the network outputs with :func:`assemble_windows`, keeping for
+every pixel the prediction of the window whose centre is nearest: no
+blending, deterministic.
 """
 
 from __future__ import annotations
@@ -14,9 +14,36 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tiled_seg.segmenters._instances import _kept_ranges, window_starts
+__all__ = ["WindowLayout", "window_starts", "cut_windows", "assemble_windows"]
 
-__all__ = ["WindowLayout", "cut_windows", "assemble_windows"]
+
+def window_starts(length_px: int, window_px: int, margin_px: int) -> list[int]:
+    """Start offsets (px) of windows covering ``length_px`` with ``2 * margin_px`` overlap.
+
+    The last window is aligned to the end, so all windows lie inside the
+    array when ``length_px >= window_px``; a shorter axis gets one window
+    (the caller pads).
+
+    >>> window_starts(10, 4, 1)
+    [0, 2, 4, 6]
+    >>> window_starts(3, 4, 1)
+    [0]
+    """
+    stride = max(window_px - 2 * margin_px, 1)
+    if length_px <= window_px:
+        return [0]
+    starts = list(range(0, length_px - window_px, stride))
+    starts.append(length_px - window_px)
+    return starts
+
+
+def _kept_ranges(starts: list[int], window_px: int, length_px: int) -> list[tuple[int, int]]:
+    """Per window, the output range it owns: cut at the middle of each overlap."""
+    cuts = [0]
+    for previous, start in zip(starts[:-1], starts[1:]):
+        cuts.append((start + previous + window_px) // 2)
+    cuts.append(length_px)
+    return list(zip(cuts[:-1], cuts[1:]))
 
 
 @dataclass(frozen=True)

@@ -21,23 +21,19 @@ from typing import Any, Callable, Sequence, cast
 
 import dask.array as da
 import numpy as np
-import zarr
+from dask.typing import Key
 from distributed import Client, Future, as_completed
 
-from tiled_seg._manifest import TileResult, record_tile
 from tiled_seg.blocks import Progress
 from tiled_seg.cluster import count_accelerators, gpu_resources
-from tiled_seg.errors import BackendError, CorruptChunkError, TileLayoutError
+from tiled_seg.errors import CorruptChunkError
 from tiled_seg.io.ngff import Slide, find_unreadable_block, open_slide
-from tiled_seg.normalize import build_inputs
-from tiled_seg.segmenters import SlideContext, get_segmenter, get_segmenter_class
-from tiled_seg.segmenters.base import NetworkOutputs, PreparedTile, Segmentation, predict_tiles
-from tiled_seg.stitch import core_label_ids
+from tiled_seg.pipeline.state import TileResult, record_tile, write_scratch
+from tiled_seg.segment.backends import SlideContext, get_segmenter, get_segmenter_class
+from tiled_seg.segment.backends.base import NetworkOutputs, PreparedTile, Segmentation, predict_tiles
+from tiled_seg.segment.tiles import tile_inputs, tile_labels
 from tiled_seg.tiling import Tile, TileGrid
-
-
-#: Largest label id the uint32 scratch and output arrays hold.
-MAX_LABEL_ID = int(np.iinfo(np.uint32).max)
+from tiled_seg.tiling.match import core_label_ids
 
 
 @dataclass(frozen=True)
@@ -103,49 +99,10 @@ def read_extended(job: TileJob, tile: Tile) -> np.ndarray:
         raise damaged from error
 
 
-def check_ids(labels: np.ndarray, tile: Tile, backend: str) -> None:
-    """Refuse label ids the uint32 scratch cannot hold, before they wrap around."""
-    if labels.size == 0:
-        return
-    if int(labels.min()) < 0:
-        raise BackendError(
-            f"backend {backend!r} returned negative label ids in tile {tile.index}; "
-            "labels must be 0 (background) or positive. Fix the backend."
-        )
-    if int(labels.max()) > MAX_LABEL_ID:
-        raise TileLayoutError(
-            f"tile {tile.index} (box {tile.halo}) has label id {int(labels.max())}, more than "
-            f"uint32 labels hold ({MAX_LABEL_ID}); use a smaller tile size (--tile-size)."
-        )
-
-
-def scratch_array(scratch: str, name: str) -> zarr.Array:
-    """The ``(tile, Y, X)`` scratch array ``name`` (``objects`` or ``linked``), writable."""
-    return zarr.open_array(f"{scratch}/{name}", mode="r+")
-
-
-def write_scratch(scratch: str, name: str, tile: Tile, labels: np.ndarray) -> None:
-    """Write a tile's labels as its whole scratch chunk.
-
-    A whole-chunk write never reads the old chunk, so a chunk left damaged by
-    a killed task is replaced, and rewriting a tile gives the same bytes.
-    """
-    array = scratch_array(scratch, name)
-    chunk = np.zeros(array.shape[1:], dtype=np.uint32)
-    chunk[: labels.shape[0], : labels.shape[1]] = labels
-    array[tile.index] = chunk
-
-
-def tile_inputs(job: TileJob, tile: Tile) -> tuple[np.ndarray, np.ndarray | None, int]:
+def read_inputs(job: TileJob, tile: Tile) -> tuple[np.ndarray, np.ndarray | None, int]:
     """Nuclear and membrane inputs of the tile's halo box, and its core's non-finite px."""
     block = read_extended(job, tile)
-    nonfinite = 0
-    if not np.issubdtype(block.dtype, np.integer):
-        nonfinite = int(np.count_nonzero(~np.isfinite(block[(slice(None), *tile.core_in_halo.slices)])))
-    nuclear, membrane = build_inputs(
-        block, job.channels, job.nuclear, job.membrane, job.low, job.high
-    )
-    return nuclear, membrane, nonfinite
+    return tile_inputs(block, tile, job.channels, job.nuclear, job.membrane, job.low, job.high)
 
 
 def store_tile(
@@ -156,14 +113,10 @@ def store_tile(
     The tile is recorded in the scratch manifest only after its labels are
     written, so a resumed run can trust every record.
     """
-    objects, linked = result.cells, result.nuclei
-    if job.primary == "nuclei" and result.nuclei is not None:
-        objects, linked = result.nuclei, None
-    check_ids(objects, tile, job.backend)
+    objects, linked = tile_labels(result, tile, job.backend, job.primary)
     write_scratch(job.scratch, "objects", tile, objects)
     core_nuclei = None
     if linked is not None:
-        check_ids(linked, tile, job.backend)
         write_scratch(job.scratch, "linked", tile, linked)
         core_nuclei = core_label_ids(tile, linked)
     tile_result = TileResult(tile.index, core_label_ids(tile, objects), core_nuclei, seconds, nonfinite)
@@ -179,7 +132,7 @@ def segment_tile(job: TileJob, tile: Tile) -> TileResult:
     (loaded once per process) and writes the extended-box labels; returns
     only label ids and timing. The path for backends without a predict stage.
     """
-    nuclear, membrane, nonfinite = tile_inputs(job, tile)
+    nuclear, membrane, nonfinite = read_inputs(job, tile)
     segmenter = get_segmenter(job.backend, job.options)
     started = time.perf_counter()
     result = segmenter.segment(nuclear, membrane, job.context)
@@ -198,7 +151,7 @@ class Prepared:
 
 def prepare_tile(job: TileJob, tile: Tile) -> Prepared:
     """CPU task: read and normalise a tile, then the backend's prepare stage."""
-    nuclear, membrane, nonfinite = tile_inputs(job, tile)
+    nuclear, membrane, nonfinite = read_inputs(job, tile)
     segmenter = get_segmenter(job.backend, job.options)
     started = time.perf_counter()
     prepared = segmenter.prepare(nuclear, membrane, job.context)
@@ -331,8 +284,8 @@ def _run_staged(
     waiting = list(reversed(tiles))
     ready: list[tuple[Tile, Future]] = []
     # Only unfinished tasks are held, so a finished tile's data is released.
-    live: dict[str, Future] = {}
-    role: dict[str, tuple[str, Tile | None]] = {}
+    live: dict[Key, Future] = {}
+    role: dict[Key, tuple[str, Tile | None]] = {}
     in_flight = 0
     preparing = 0
     completed = as_completed(loop=client.loop)

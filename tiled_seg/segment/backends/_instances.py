@@ -3,126 +3,34 @@
 Model backends (``onnx``, ``mesmer``, ``cellpose``) turn dense network outputs
 into label images the same way wherever they can, so the helpers live here:
 
-* :func:`predict_in_windows` runs a network over a tile in fixed-size
-  overlapping windows and keeps, for every pixel, the prediction of the window
-  whose centre is nearest (crop-margin tiling: no blending, deterministic);
+* windows for a network are :mod:`tiled_seg.segment.backends._windows`;
 * :func:`rescale_image` / :func:`resize_image` move between the slide's pixel
   size and a model's;
 * :func:`probability_instances` turns a foreground probability into instances
   with the watershed backend's own nuclear kernel
-  (:func:`tiled_seg.segmenters.watershed.segment_nuclei`), so there is one
+  (:func:`tiled_seg.segment.backends.watershed.segment_nuclei`), so there is one
   distance-transform marker watershed in the package, not two;
-* :func:`remove_small_labels`, :func:`relabel_consecutive`
-  and :func:`link_nuclei` (nucleus-to-cell linkage by maximum overlap).
+* :func:`remove_small_labels` and :func:`link_nuclei` (nucleus-to-cell
+  linkage by maximum overlap); renumbering is :mod:`tiled_seg.labels`.
 
 All functions are plain numpy kernels; none imports dask or a model library.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
-
 import numpy as np
 
-from tiled_seg.segmenters.base import SlideContext
-from tiled_seg.segmenters.watershed import WatershedOptions, _remove_small, segment_nuclei
+from tiled_seg.labels import first_of_groups, relabel_consecutive
+from tiled_seg.segment.backends.base import SlideContext
+from tiled_seg.segment.backends.watershed import WatershedOptions, _remove_small, segment_nuclei
 
 __all__ = [
-    "window_starts",
-    "predict_in_windows",
     "rescale_image",
     "resize_image",
     "probability_instances",
     "remove_small_labels",
-    "relabel_consecutive",
     "link_nuclei",
 ]
-
-#: A network on a batch of windows: ``(N, W, W, C)`` in, one or more ``(N, W, W, K)`` out.
-Predictor = Callable[[np.ndarray], Sequence[np.ndarray]]
-
-
-def window_starts(length_px: int, window_px: int, margin_px: int) -> list[int]:
-    """Start offsets (px) of windows covering ``length_px`` with ``2 * margin_px`` overlap.
-
-    The last window is aligned to the end, so all windows lie inside the
-    array when ``length_px >= window_px``; a shorter axis gets one window
-    (the caller pads).
-
-    >>> window_starts(10, 4, 1)
-    [0, 2, 4, 6]
-    >>> window_starts(3, 4, 1)
-    [0]
-    """
-    stride = max(window_px - 2 * margin_px, 1)
-    if length_px <= window_px:
-        return [0]
-    starts = list(range(0, length_px - window_px, stride))
-    starts.append(length_px - window_px)
-    return starts
-
-
-def _kept_ranges(starts: list[int], window_px: int, length_px: int) -> list[tuple[int, int]]:
-    """Per window, the output range it owns: cut at the middle of each overlap."""
-    cuts = [0]
-    for previous, start in zip(starts[:-1], starts[1:]):
-        cuts.append((start + previous + window_px) // 2)
-    cuts.append(length_px)
-    return list(zip(cuts[:-1], cuts[1:]))
-
-
-def predict_in_windows(
-    image: np.ndarray,
-    predict: Predictor,
-    window_px: int,
-    margin_px: int,
-    batch_size: int = 1,
-) -> list[np.ndarray]:
-    """Run ``predict`` over ``image`` in overlapping ``window_px`` windows.
-
-    Parameters
-    ----------
-    image : ndarray, shape (Y, X, C), float32
-        Model input (already preprocessed).
-    predict : callable
-        Maps a batch ``(N, window_px, window_px, C)`` to a sequence of outputs,
-        each ``(N, window_px, window_px, K_i)``.
-    window_px : int
-        Side of the model's input window (px).
-    margin_px : int
-        Pixels at each inner window edge that are overwritten by the
-        neighbouring window (the model's halo); windows overlap by
-        ``2 * margin_px``.
-    batch_size : int
-        Windows per call of ``predict``.
-
-    Returns
-    -------
-    list of ndarray, each shape (Y, X, K_i), float32
-        Every pixel comes from the window whose centre is nearest along each
-        axis. Axes shorter than ``window_px`` are zero-padded at the end.
-    """
-    height, width = image.shape[:2]
-    pad_y, pad_x = max(window_px - height, 0), max(window_px - width, 0)
-    if pad_y or pad_x:
-        image = np.pad(image, ((0, pad_y), (0, pad_x), (0, 0)))
-    full_h, full_w = image.shape[:2]
-    ys, xs = window_starts(full_h, window_px, margin_px), window_starts(full_w, window_px, margin_px)
-    ranges_y = _kept_ranges(ys, window_px, full_h)
-    ranges_x = _kept_ranges(xs, window_px, full_w)
-    boxes = [(y, x, ry, rx) for y, ry in zip(ys, ranges_y) for x, rx in zip(xs, ranges_x)]
-    outputs: list[np.ndarray] = []
-    for first in range(0, len(boxes), batch_size):
-        chunk = boxes[first : first + batch_size]
-        batch = np.stack([image[y : y + window_px, x : x + window_px] for y, x, _, _ in chunk])
-        results = [np.asarray(r, dtype=np.float32) for r in predict(batch)]
-        if not outputs:
-            outputs = [np.zeros((full_h, full_w, r.shape[-1]), np.float32) for r in results]
-        for index, (y, x, (y0, y1), (x0, x1)) in enumerate(chunk):
-            for out, result in zip(outputs, results):
-                out[y0:y1, x0:x1] = result[index, y0 - y : y1 - y, x0 - x : x1 - x]
-    return [out[:height, :width] for out in outputs]
-
 
 def rescale_image(image: np.ndarray, factor: float) -> np.ndarray:
     """Resize ``(Y, X[, C])`` by ``factor`` to ``round(Y * factor), round(X * factor)``.
@@ -187,7 +95,7 @@ def probability_instances(
 
     Notes
     -----
-    This is :func:`tiled_seg.segmenters.watershed.segment_nuclei` applied to
+    This is :func:`tiled_seg.segment.backends.watershed.segment_nuclei` applied to
     the probability with a fixed threshold, so the probability map is split
     exactly as the watershed backend splits a nuclear image.
     """
@@ -210,19 +118,6 @@ def remove_small_labels(labels: np.ndarray, min_area_px: float) -> np.ndarray:
     [[1, 1, 0, 0]]
     """
     return _remove_small(labels, min_area_px)
-
-
-def relabel_consecutive(labels: np.ndarray) -> np.ndarray:
-    """Renumber ids to 1..N in order of first id, as int32 (0 stays 0).
-
-    >>> relabel_consecutive(np.array([[0, 7, 7, 3]])).tolist()
-    [[0, 2, 2, 1]]
-    """
-    ids = np.unique(labels)
-    ids = ids[ids > 0]
-    lookup = np.zeros(int(labels.max(initial=0)) + 1, dtype=np.int32)
-    lookup[ids] = np.arange(1, ids.size + 1, dtype=np.int32)
-    return lookup[labels]
 
 
 def link_nuclei(cells: np.ndarray, nuclei: np.ndarray) -> np.ndarray:
@@ -259,10 +154,7 @@ def link_nuclei(cells: np.ndarray, nuclei: np.ndarray) -> np.ndarray:
     if pairs_n.size:
         keys, counts = np.unique(pairs_n * (int(cells.max()) + 1) + pairs_c, return_counts=True)
         nucleus, cell = keys // (int(cells.max()) + 1), keys % (int(cells.max()) + 1)
-        # Sort by nucleus, then count descending, then cell id ascending; take the first.
-        order = np.lexsort((cell, -counts, nucleus))
-        first = np.ones(order.size, bool)
-        first[1:] = nucleus[order][1:] != nucleus[order][:-1]
-        best[nucleus[order][first]] = cell[order][first]
+        top = first_of_groups(nucleus, -counts, cell)
+        best[nucleus[top]] = cell[top]
     linked = best[nuclei]
     return np.where(linked == cells, linked, 0).astype(np.int32)

@@ -12,16 +12,13 @@ from typing import Any
 
 import zarr
 
-from tiled_seg._manifest import count_records, scratch_path
 from tiled_seg.errors import NotNGFFError
-from tiled_seg.io.ngff import Slide, _ome_attrs, _open_group, list_labels, open_slide
+from tiled_seg.io.ngff import Slide, list_labels, ome_attrs, open_group, open_slide
 from tiled_seg.io.tables import list_tables
 from tiled_seg.pipeline._lock import lock_holder
+from tiled_seg.pipeline.state import RunState, count_records, scratch_path
 
-__all__ = ["StoreInfo", "LabelInfo", "describe", "RUN_STATE_KEY"]
-
-#: Key of the store's attributes under which a run records its state.
-RUN_STATE_KEY = "tiled_seg"
+__all__ = ["StoreInfo", "LabelInfo", "describe"]
 
 #: Zarr metadata files, not tables, when listing ``tables/`` on disk.
 _ZARR_METADATA = {".zattrs", ".zgroup", ".zarray", ".zmetadata", "zarr.json"}
@@ -58,8 +55,8 @@ class StoreInfo:
     labels : tuple of LabelInfo
     tables : tuple of str
         Names of the entries under ``tables/``.
-    run_state : dict or None
-        The store's ``tiled_seg`` attribute as written by a run, if any.
+    run_state : RunState or None
+        The store's run state as written by a run, if any.
     tiles_recorded : tuple of int or None
         ``(recorded, total)`` tiles of an incomplete run's scratch manifest.
     chunk_yx : tuple of int
@@ -76,13 +73,15 @@ class StoreInfo:
     levels: tuple[tuple[int, ...], ...]
     labels: tuple[LabelInfo, ...]
     tables: tuple[str, ...]
-    run_state: dict[str, Any] | None
+    run_state: RunState | None
     tiles_recorded: tuple[int, int] | None = None
     chunk_yx: tuple[int, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict (tuples become lists)."""
-        return dataclasses.asdict(self)
+        record = dataclasses.asdict(self)
+        record["run_state"] = None if self.run_state is None else self.run_state.to_dict()
+        return record
 
     def format(self) -> str:
         """Human-readable multi-line description."""
@@ -98,7 +97,7 @@ class StoreInfo:
                 + ", ".join(_shape(s) for s in self.levels),
             ]
         else:
-            source = (self.run_state or {}).get("source", "unknown")
+            source = (self.run_state and self.run_state.source) or "unknown"
             lines.append(f"image:        none (output store of {source})")
         if self.labels:
             lines.append(f"labels ({len(self.labels)}):")
@@ -120,12 +119,12 @@ class StoreInfo:
         return "\n".join(lines)
 
 
-def _status_lines(state: dict[str, Any], store: str) -> list[str]:
+def _status_lines(state: RunState, store: str) -> list[str]:
     """What an unfinished run means for the user, and what to do about it."""
-    status = state.get("status")
+    status = state.status
     if status == "failed":
         return [
-            f"  FAILED: {state.get('error', 'unknown error')}",
+            f"  FAILED: {state.error or 'unknown error'}",
             "  (labels here are not a result; fix the cause and run again: no --overwrite "
             "needed, --resume keeps the tiles already segmented)",
         ]
@@ -140,17 +139,21 @@ def _status_lines(state: dict[str, Any], store: str) -> list[str]:
     ]
 
 
-def _run_state_lines(state: dict[str, Any]) -> list[str]:
+def _run_state_lines(state: RunState) -> list[str]:
     """The run record in a few lines; ``--json`` gives all of it (config, statistics)."""
-    summary = state.get("summary", {})
-    backend = state.get("config", {}).get("backend", {}).get("name")
+    summary = state.summary or {}
+    backend = (state.config or {}).get("backend", {}).get("name")
     facts = {
-        "status": state.get("status"),
-        "source": state.get("source"),
-        "version": state.get("version"),
+        "status": state.status,
+        "source": state.source,
+        "version": state.version,
         "backend": backend,
-        "started": state.get("started"),
-        "finished": state.get("finished"),
+        "started": state.started,
+        "finished": state.finished,
+        "tile grid": None if state.grid is None else (
+            f"{len(state.grid.tiles)} tiles, cores {_shape(state.grid.tile_px)} px, "
+            f"halo {state.grid.halo_px} px"
+        ),
         "cells": summary.get("n_cells"),
         "nuclei": summary.get("n_nuclei"),
         "tiles": summary.get("n_tiles"),
@@ -161,7 +164,7 @@ def _run_state_lines(state: dict[str, Any]) -> list[str]:
     if timings:
         lines.append("  time: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))
     if summary.get("qc"):
-        from tiled_seg.qc import headline
+        from tiled_seg.quality.qc import headline
 
         lines += [f"  qc: {line}" for line in headline(summary["qc"])]
     return lines
@@ -191,18 +194,18 @@ def describe(store: str | Path) -> StoreInfo:
         slide = open_slide(store)
     except NotNGFFError:
         # A separate output store (``run --output``) holds labels and tables, no image.
-        group = _open_group(store)
-        if RUN_STATE_KEY not in group.attrs:
+        group = open_group(store)
+        if RunState.read(str(store)) is None:
             raise
-        _, version = _ome_attrs(group)
+        _, version = ome_attrs(group)
         return _info(str(store), group, version, None)
-    return _info(str(store), _open_group(slide.path), slide.ngff_version, slide)
+    return _info(str(store), open_group(slide.path), slide.ngff_version, slide)
 
 
 def _label_info(image: zarr.Group, name: str) -> LabelInfo:
     try:
         group = image[f"labels/{name}"]
-        attrs, _ = _ome_attrs(group)
+        attrs, _ = ome_attrs(group)
         arrays = [group[d["path"]] for d in attrs["multiscales"][0]["datasets"]]
     except (KeyError, IndexError):
         # Metadata not yet written: a run was interrupted while writing it.
@@ -216,9 +219,9 @@ def _label_info(image: zarr.Group, name: str) -> LabelInfo:
 
 def _info(store: str, image: zarr.Group, version: str, slide: Slide | None) -> StoreInfo:
     path = store if slide is None else slide.path
-    run_state = _run_state(_open_group(store).attrs.get(RUN_STATE_KEY, image.attrs.get(RUN_STATE_KEY)))
+    run_state = RunState.read(store) or RunState.read(path)
     tiles_recorded = None
-    if run_state is not None and run_state.get("status") in ("running", "failed"):
+    if run_state is not None and run_state.unfinished:
         tiles_recorded = count_records(scratch_path(store))
     return StoreInfo(
         path=path,
@@ -234,12 +237,6 @@ def _info(store: str, image: zarr.Group, version: str, slide: Slide | None) -> S
         tiles_recorded=tiles_recorded,
         chunk_yx=() if slide is None else tuple(int(n) for n in slide.chunk_yx),
     )
-
-
-def _run_state(value: Any) -> dict[str, Any] | None:
-    if value is None or isinstance(value, dict):
-        return value
-    return {"state": value}
 
 
 def _tables(image: zarr.Group, path: str) -> tuple[str, ...]:

@@ -17,7 +17,7 @@ from distributed import Client
 
 from tiled_seg.config import RunConfig
 from tiled_seg.errors import ConfigError, InputNotFoundError
-from tiled_seg.io._fs import filesystem, is_url, join
+from tiled_seg.io.fs import filesystem, is_url, join
 from tiled_seg.pipeline import Progress, RunResult, run
 
 __all__ = ["SlideOutcome", "BatchResult", "expand_slides", "output_for", "run_batch"]

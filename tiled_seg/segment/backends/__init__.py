@@ -1,6 +1,6 @@
 """Segmentation backends behind one small interface."""
 
-from tiled_seg.segmenters.base import (
+from tiled_seg.segment.backends.base import (
     BackendOptions,
     NetworkOutputs,
     PreparedTile,
@@ -9,7 +9,7 @@ from tiled_seg.segmenters.base import (
     SlideContext,
     predict_tiles,
 )
-from tiled_seg.segmenters.registry import available_backends, get_segmenter, get_segmenter_class
+from tiled_seg.segment.backends.registry import available_backends, get_segmenter, get_segmenter_class
 
 __all__ = [
     "BackendOptions",

@@ -8,7 +8,7 @@ Two routes, chosen by the option ``use_deepcell_package`` ("auto", true, false):
   else ``$TILED_SEG_MESMER_MODEL``, else DeepCell's cache
   ``~/.deepcell/models/MultiplexSegmentation`` (a ``MultiplexSegmentation-9.tar.gz``
   lying there is extracted first). Pre- and post-processing are DeepCell's
-  own (:mod:`tiled_seg.segmenters._mesmer_processing`, equal pixel for pixel
+  own (:mod:`tiled_seg.segment.backends._mesmer_processing`, equal pixel for pixel
   to ``deepcell.applications.Mesmer`` on ``deepcell-toolbox`` 0.12.1): the
   tile (nuclear, membrane) is resized from the slide's pixel size
   (``context.pixel_size_um``, Mesmer's ``image_mpp``) to the model's
@@ -45,17 +45,18 @@ import os
 import tarfile
 import threading
 from pathlib import Path
-from typing import Any, ClassVar, Literal, cast
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import Field
 
 from tiled_seg.errors import BackendError
-from tiled_seg.segmenters import _mesmer_processing as processing
-from tiled_seg.segmenters._blended_windows import BlendLayout, blend_windows, cut_blended
-from tiled_seg.segmenters._instances import link_nuclei, relabel_consecutive
-from tiled_seg.segmenters._tensorflow import allow_memory_growth
-from tiled_seg.segmenters.base import (
+from tiled_seg.labels import relabel_consecutive
+from tiled_seg.segment.backends import _mesmer_processing as processing
+from tiled_seg.segment.backends._blended_windows import BlendLayout, blend_windows, cut_blended
+from tiled_seg.segment.backends._instances import link_nuclei
+from tiled_seg.segment.backends._tensorflow import allow_memory_growth
+from tiled_seg.segment.backends.base import (
     BackendOptions,
     NetworkOutputs,
     PreparedTile,
@@ -195,25 +196,19 @@ def _deepcell_available() -> bool:
     return True
 
 
-class MesmerSegmenter(Segmenter):
+class MesmerSegmenter(Segmenter[MesmerOptions]):
     """Whole cells and nuclei from DeepCell's Mesmer model."""
 
     name: ClassVar[str] = "mesmer"
     Options: ClassVar[type[BackendOptions]] = MesmerOptions
     uses_gpu: ClassVar[bool] = True
 
-    def __init__(self, options: BackendOptions | dict[str, Any] | None = None) -> None:
+    def __init__(self, options: MesmerOptions | dict[str, Any] | None = None) -> None:
         super().__init__(options)
-        self._model: Any = None
         self._app: Any = None
-        self._lock = threading.Lock()
-
-    @property
-    def _options(self) -> MesmerOptions:
-        return cast(MesmerOptions, self.options)
 
     def _use_deepcell(self) -> bool:
-        choice = self._options.use_deepcell_package
+        choice = self.options.use_deepcell_package
         if choice is True and not _deepcell_available():
             raise BackendError(
                 "use_deepcell_package=true but `deepcell` is not importable (it needs "
@@ -223,33 +218,29 @@ class MesmerSegmenter(Segmenter):
 
     def check_model(self) -> None:
         """A SavedModel must be found, unless DeepCell may download one with a token."""
-        if self._options.model_path or not os.environ.get("DEEPCELL_ACCESS_TOKEN"):
-            find_model(self._options.model_path)
+        if self.options.model_path or not os.environ.get("DEEPCELL_ACCESS_TOKEN"):
+            find_model(self.options.model_path)
 
-    def load(self) -> Any:
-        """The Keras model (own route) or DeepCell application, loaded once."""
-        with self._lock:
-            if self._model is None:
-                if self._use_deepcell():
-                    from deepcell.applications import Mesmer
+    def load_model(self) -> Any:
+        """The Keras model: through a DeepCell application where that route is chosen."""
+        if not self._use_deepcell():
+            return load_keras_model(find_model(self.options.model_path))
+        from deepcell.applications import Mesmer
 
-                    model = None
-                    if self._options.model_path or os.environ.get(ENV_MODEL) or (
-                        DEEPCELL_CACHE.expanduser() / MODEL_NAME
-                    ).is_dir():
-                        model = load_keras_model(find_model(self._options.model_path))
-                    elif not os.environ.get("DEEPCELL_ACCESS_TOKEN"):
-                        find_model(None)  # raises with the full explanation
-                    self._app = Mesmer(model=model)
-                    self._model = self._app.model
-                else:
-                    self._model = load_keras_model(find_model(self._options.model_path))
-        return self._model
+        model = None
+        if self.options.model_path or os.environ.get(ENV_MODEL) or (
+            DEEPCELL_CACHE.expanduser() / MODEL_NAME
+        ).is_dir():
+            model = load_keras_model(find_model(self.options.model_path))
+        elif not os.environ.get("DEEPCELL_ACCESS_TOKEN"):
+            find_model(None)  # raises with the full explanation
+        self._app = Mesmer(model=model)
+        return self._app.model
 
     def _window_px(self) -> int:
         """The model's window side (px at the model's pixel size)."""
-        shape = getattr(self.load(), "input_shape", (None, None, None, 2))
-        return int(shape[1]) if shape[1] else self._options.window_px
+        shape = getattr(self.model, "input_shape", (None, None, None, 2))
+        return int(shape[1]) if shape[1] else self.options.window_px
 
     def prepare(
         self,
@@ -258,7 +249,7 @@ class MesmerSegmenter(Segmenter):
         context: SlideContext,
     ) -> PreparedTile:
         """Stack (nuclear, membrane), resize to the model's pixel size, preprocess, cut windows."""
-        o = self._options
+        o = self.options
         image = _stack(nuclear, membrane)
         resized = processing.resize_input(image, context.pixel_size_um, o.model_mpp)
         prepared = processing.preprocess(resized, o.percentile, o.clahe, o.clahe_kernel_px)
@@ -271,9 +262,10 @@ class MesmerSegmenter(Segmenter):
         Returns (cell inner distance, cell interior, nuclear inner distance,
         nuclear interior), each ``(N, W, W, 1)``.
         """
-        model = self.load()
+        model = self.model
         names = [str(n) for n in getattr(model, "output_names", [])] or None
         outputs = model(batch, training=False)
+        keys: list[str] | None
         if isinstance(outputs, dict):
             keys = list(outputs)
             outputs = [outputs[k] for k in keys]
@@ -288,7 +280,7 @@ class MesmerSegmenter(Segmenter):
 
         Returns ``{compartment: (inner_distance, interior)}``, each ``(Y, X)``.
         """
-        windows, layout = cut_blended(image, self._window_px(), self._options.stride_ratio)
+        windows, layout = cut_blended(image, self._window_px(), self.options.stride_ratio)
         (outputs,) = predict_tiles(self, [PreparedTile({"mesmer": windows}, {})])
         return self._maps(outputs["mesmer"], layout)
 
@@ -315,7 +307,7 @@ class MesmerSegmenter(Segmenter):
         self, maps: dict[str, tuple[np.ndarray, np.ndarray]], shape: tuple[int, int]
     ) -> dict[str, np.ndarray]:
         """DeepCell's labels per compartment, resized to ``shape`` (nuclei not yet linked)."""
-        o = self._options
+        o = self.options
         wanted = ["whole-cell", "nuclear"] if o.compartment == "both" else [o.compartment]
         found = []
         for compartment in wanted:
@@ -355,11 +347,11 @@ class MesmerSegmenter(Segmenter):
         """Segment one tile; see :class:`Segmenter` and the module notes."""
         if not self._use_deepcell():
             return super().segment(nuclear, membrane, context)
-        self.load()
+        _ = self.model  # loading the model builds the DeepCell application used below
         return self._segment_deepcell(_stack(nuclear, membrane), context)
 
     def _segment_deepcell(self, image: np.ndarray, context: SlideContext) -> Segmentation:
-        o = self._options
+        o = self.options
         kwargs = {
             "maxima_smooth": o.maxima_smooth_px,
             "interior_smooth": o.interior_smooth_px,

@@ -8,7 +8,7 @@ seams.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import dask
 import dask.array as da
@@ -219,8 +219,8 @@ def build_inputs(
     names: Sequence[str],
     nuclear: Sequence[str],
     membrane: Sequence[str],
-    low: dict[str, float],
-    high: dict[str, float],
+    low: Mapping[str, float],
+    high: Mapping[str, float],
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Nuclear and membrane inputs of one ``(C, Y, X)`` block of panel channels.
 
@@ -246,7 +246,7 @@ def _otsu(counts: np.ndarray) -> float:
 
 
 def compute_slide_stats(
-    level: da.Array,
+    level: RegionReader | da.Array | np.ndarray,
     names: Sequence[str],
     nuclear: Sequence[str],
     membrane: Sequence[str],

@@ -64,6 +64,7 @@ import pandas as pd
 import zarr
 from scipy import sparse
 
+from tiled_seg.blocks import tree_reduce
 from tiled_seg.errors import AxesError, ConfigError, InputNotFoundError
 from tiled_seg.io.tables import DEFAULT_TABLE
 
@@ -79,8 +80,6 @@ __all__ = [
 
 #: Suffix of the compensated mean columns in the cell table.
 REDSEA_SUFFIX = "_redsea"
-#: Partials merged per reduction task.
-FAN_IN = 8
 #: Label of pixels outside the image in a padded block.
 _OUTSIDE = -1
 
@@ -206,20 +205,16 @@ def boundary_tables(
         padded = np.pad(np.asarray(labels, np.int64), depth, constant_values=_OUTSIDE)
         pixels = np.pad(np.asarray(image, np.float64), ((0, 0), (depth, depth), (depth, depth)))
         return boundary_partials(padded, pixels, depth, element_size)
-    labels = da.asarray(labels).astype(np.int64)
-    image = da.asarray(image).rechunk((-1, *labels.chunks))
-    padded = da.overlap.overlap(labels, depth=depth, boundary=_OUTSIDE)
-    pixels = da.overlap.overlap(image, depth={0: 0, 1: depth, 2: depth}, boundary=0)
+    label_blocks = da.asarray(labels).astype(np.int64)
+    image_blocks = da.asarray(image).rechunk((-1, *label_blocks.chunks))
+    padded = da.overlap.overlap(label_blocks, depth=depth, boundary=_OUTSIDE)
+    pixels = da.overlap.overlap(image_blocks, depth={0: 0, 1: depth, 2: depth}, boundary=0)
     kernel = dask.delayed(boundary_partials, pure=True)
-    merge = dask.delayed(combine_boundary_partials, pure=True)
     parts = [
         kernel(block, pixel_block, depth, element_size)
         for block, pixel_block in zip(padded.to_delayed().ravel(), pixels.to_delayed().ravel())
     ]
-    parts = [merge(parts[i : i + FAN_IN]) for i in range(0, len(parts), FAN_IN)]
-    while len(parts) > 1:
-        parts = [merge(parts[i : i + FAN_IN]) for i in range(0, len(parts), FAN_IN)]
-    (merged,) = dask.compute(parts[0])
+    (merged,) = dask.compute(tree_reduce(parts, combine_boundary_partials))
     return merged
 
 
@@ -352,15 +347,22 @@ def compensate_store(
         The updated cell table.
     """
     from tiled_seg.io.ngff import open_slide, read_labels
-    from tiled_seg.io.tables import list_tables, read_anndata_zarr, read_parquet, write_anndata_zarr, write_parquet
+    from tiled_seg.io.tables import (
+        list_tables,
+        read_anndata_zarr,
+        read_parquet,
+        write_anndata_zarr,
+        write_parquet,
+    )
 
     store = str(store).rstrip("/")
     path = Path(store) / "tables" / f"{table}.parquet"
     if not path.exists():
         raise InputNotFoundError(f"{path} does not exist; run `tiled-seg measure {store}` first.")
     cells = read_parquet(path)
-    source = zarr.open_group(store, mode="r").attrs.get("tiled_seg", {}).get("source")
-    slide = open_slide(image_store or source or store)
+    # A run's output store is an image store of its input (its levels linked), so the
+    # labels' own store serves the channels unless another image is named.
+    slide = open_slide(image_store or store)
     names = list(channels) if channels else [n for n in slide.channel_names if n in cells.columns]
     missing = [n for n in names if n not in cells.columns]
     if missing:

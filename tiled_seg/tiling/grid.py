@@ -20,6 +20,7 @@ import math
 import warnings
 from dataclasses import dataclass
 from numbers import Integral
+from typing import Any
 
 from tiled_seg.errors import TileLayoutError
 
@@ -153,6 +154,51 @@ class TileGrid:
         """Number of tile rows and columns."""
         return (math.ceil(self.shape_yx[0] / self.tile_px[0]), math.ceil(self.shape_yx[1] / self.tile_px[1]))
 
+    @classmethod
+    def regular(cls, shape_yx: tuple[int, int], tile_px: tuple[int, int], halo_px: int) -> TileGrid:
+        """Cores of ``tile_px`` from the origin, row-major, each grown by ``halo_px``.
+
+        No checks: :func:`plan_tiles` validates and aligns the sizes first.
+        """
+        height, width = shape_yx
+        rows, cols = math.ceil(height / tile_px[0]), math.ceil(width / tile_px[1])
+        tiles: list[Tile] = []
+        for r in range(rows):
+            for c in range(cols):
+                y0, x0 = r * tile_px[0], c * tile_px[1]
+                core = Box(y0, min(y0 + tile_px[0], height), x0, min(x0 + tile_px[1], width))
+                tiles.append(Tile(len(tiles), (r, c), core, core.grow(halo_px, shape_yx)))
+        return cls(shape_yx=(height, width), tile_px=tile_px, halo_px=halo_px, tiles=tuple(tiles))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form: the three numbers every tile follows from.
+
+        >>> TileGrid.from_dict(plan_tiles((100, 150), 64, 8).to_dict()) == plan_tiles((100, 150), 64, 8)
+        True
+        """
+        return {"shape_yx": list(self.shape_yx), "tile_px": list(self.tile_px), "halo_px": self.halo_px}
+
+    @classmethod
+    def from_dict(cls, record: dict[str, Any]) -> TileGrid:
+        """Inverse of :meth:`to_dict`."""
+        shape = tuple(int(n) for n in record["shape_yx"])
+        tile = tuple(int(n) for n in record["tile_px"])
+        if len(shape) != 2 or len(tile) != 2:
+            raise TileLayoutError(f"a tile grid record needs 2-D shape_yx and tile_px, got {record!r}.")
+        return cls.regular((shape[0], shape[1]), (tile[0], tile[1]), int(record["halo_px"]))
+
+    def seam_lines(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Internal seams along y and x (px): the first row and column of every core but the first.
+
+        A seam at ``s`` lies between pixels ``s - 1`` and ``s``.
+
+        >>> plan_tiles((600, 1100), 256, 8, chunk_yx=(256, 512)).seam_lines()
+        ((256, 512), (512, 1024))
+        """
+        rows = sorted({t.core.y0 for t in self.tiles} - {0})
+        cols = sorted({t.core.x0 for t in self.tiles} - {0})
+        return tuple(rows), tuple(cols)
+
     def neighbour_pairs(self) -> list[tuple[int, int]]:
         """All pairs ``(i, j)``, ``i < j``, of tiles whose cores touch.
 
@@ -243,15 +289,7 @@ def plan_tiles(
             "halo could then reach the core of a non-adjacent tile, which stitching never compares. "
             "Raise tile_px or lower halo_px."
         )
-    rows, cols = math.ceil(height / aligned[0]), math.ceil(width / aligned[1])
-    tiles = []
-    for r in range(rows):
-        for c in range(cols):
-            y0, x0 = r * aligned[0], c * aligned[1]
-            core = Box(y0, min(y0 + aligned[0], height), x0, min(x0 + aligned[1], width))
-            extended = core.grow(halo, (height, width))
-            tiles.append(Tile(index=len(tiles), grid_yx=(r, c), core=core, halo=extended))
-    return TileGrid(shape_yx=(height, width), tile_px=aligned, halo_px=halo, tiles=tuple(tiles))
+    return TileGrid.regular((height, width), aligned, halo)
 
 
 def plan_blocks(

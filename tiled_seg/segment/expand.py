@@ -22,7 +22,7 @@ import numpy as np
 from skimage.segmentation import expand_labels
 
 from tiled_seg.blocks import Progress
-from tiled_seg.errors import AxesError, ConfigError, PixelSizeError
+from tiled_seg.errors import AxesError, ConfigError, InputFormatError, PixelSizeError
 from tiled_seg.io.ngff import label_array, open_slide, write_labels
 from tiled_seg.io.regions import RegionReader
 from tiled_seg.tiling import BLOCK_PX, Box, plan_blocks
@@ -87,7 +87,7 @@ def expand_labels_blocks(
         raise AxesError(f"labels must be (Y, X); got axes {labels.axes}.")
     dtype = np.dtype(labels.array.dtype)
     if not np.issubdtype(dtype, np.integer):
-        raise TypeError(f"labels must have an integer dtype; got {dtype}.")
+        raise InputFormatError(f"labels must have an integer dtype, got {dtype}; pass a label image (0 background, positive ids).")
     if not (distance_px >= 0 and math.isfinite(distance_px)):
         raise ConfigError(f"expansion distance must be a finite number >= 0 px; got {distance_px}.")
     blocks = plan_blocks(labels.shape_yx, labels.chunk_yx, block_px)

@@ -1,37 +1,4 @@
-"""Stitch tile-local labels into one global label image by maximum overlap.
-
-Every tile is segmented on its halo box (core grown by the halo ``H``) and
-labels it with local ids ``1..n`` (0 background). Stitching never looks at
-1-2 px faces: for each pair of neighbouring tiles (diagonals included) it
-compares their labels over the whole *shared region*, the intersection of the
-two halo boxes (a band ``2H`` wide along a shared edge, a ``2H x 2H`` square
-at a shared corner).
-
-Matching rule
--------------
-For local labels ``a`` (tile A) and ``b`` (tile B), with all areas counted in
-px inside the shared region only::
-
-    iou(a, b) = overlap(a, b) / (area(a) + area(b) - overlap(a, b))
-
-``a`` and ``b`` are matched when each is the other's best partner (highest
-IoU; ties to the smaller id) and ``iou > min_overlap`` (default 0.5).
-
-Why IoU within the shared region, and not overlap / min(area): with
-``H >= diameter`` a cell that has a pixel in either core lies wholly inside
-both halo boxes, hence wholly inside the shared region, and both tiles see it
-whole there: its IoU is 1 when the segmenters agree and stays high under the
-small boundary disagreements of independent runs. A cell cut by the border of
-the shared region is cut at the same place in both tiles' crops, so clipping
-alone lowers neither view; only a segmenter that sees a cell partially at its
-own halo edge labels it differently, and such a label has no core pixel in its
-tile, so it never reaches the output whether matched or not. overlap/min(area)
-would score a label that merges two cells, or a fragment of a split cell, as a
-perfect match (1.0) for either part, which is what chains distinct cells;
-IoU scores them <= 0.5 for equal parts. With ``min_overlap >= 0.5`` an IoU
-match is one-to-one by construction (two labels cannot both cover more than
-half of the union with a third), and the mutual-best rule keeps it one-to-one
-for lower thresholds.
+"""Join matched tile labels into objects with consecutive global ids.
 
 Joining
 -------
@@ -63,39 +30,13 @@ import numpy as np
 from scipy import sparse
 from scipy.sparse.csgraph import connected_components
 
-from tiled_seg.errors import ConfigError, TileLayoutError, TiledSegError
-from tiled_seg.tiling import Tile, TileGrid
+from tiled_seg.errors import TiledSegError, TileLayoutError
+from tiled_seg.tiling.grid import TileGrid
+from tiled_seg.tiling.match import TileMatches
 
-__all__ = [
-    "TileMatches",
-    "StitchPlan",
-    "match_tiles",
-    "core_label_ids",
-    "build_lookup_tables",
-    "apply_lookup",
-    "stitch_in_memory",
-]
+__all__ = ["StitchPlan", "build_lookup_tables", "apply_lookup"]
 
-_EMPTY_PAIRS = np.zeros((0, 2), dtype=np.int64)
-
-
-@dataclass(frozen=True, eq=False)
-class TileMatches:
-    """Matched labels of two neighbouring tiles A and B.
-
-    Attributes
-    ----------
-    pairs : numpy.ndarray
-        ``(k, 2)`` int64 ``(local id in A, local id in B)``, sorted.
-    iou : numpy.ndarray
-        ``(k,)`` float64 IoU of each pair within the shared region.
-    """
-
-    pairs: np.ndarray
-    iou: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.pairs)
+_NO_NODES = np.zeros(0, dtype=np.int64)
 
 
 @dataclass(frozen=True, eq=False)
@@ -128,85 +69,6 @@ class StitchPlan:
             "n_matches": self.n_matches,
             "n_rejected_chain_unions": self.n_rejected_chain_unions,
         }
-
-
-def _check_labels(tile: Tile, labels: np.ndarray, name: str) -> np.ndarray:
-    labels = np.asarray(labels)
-    if labels.shape != tile.halo.shape or not np.issubdtype(labels.dtype, np.integer):
-        raise TileLayoutError(
-            f"{name} must be an integer array of tile {tile.index}'s halo box shape {tile.halo.shape}, "
-            f"got {labels.dtype} {labels.shape}; pass the labels of the whole halo box."
-        )
-    return labels
-
-
-def match_tiles(
-    tile_a: Tile,
-    labels_a: np.ndarray,
-    tile_b: Tile,
-    labels_b: np.ndarray,
-    *,
-    min_overlap: float = 0.5,
-) -> TileMatches:
-    """Match the labels of two tiles over their shared region.
-
-    Parameters
-    ----------
-    tile_a, tile_b : Tile
-        Two tiles of one grid.
-    labels_a, labels_b : numpy.ndarray
-        ``(h, w)`` integer local labels covering each tile's halo box, 0 for
-        background.
-    min_overlap : float
-        IoU (within the shared region) a mutual best pair must exceed, in
-        ``[0, 1)``. See the module docstring.
-
-    Returns
-    -------
-    TileMatches
-        Empty where the halo boxes do not intersect.
-    """
-    labels_a = _check_labels(tile_a, labels_a, "labels_a")
-    labels_b = _check_labels(tile_b, labels_b, "labels_b")
-    if not 0.0 <= min_overlap < 1.0:
-        raise ConfigError(f"min_overlap must be in [0, 1), got {min_overlap!r}; the default 0.5 suits most data.")
-    shared = tile_a.halo.intersect(tile_b.halo)
-    if shared is None:
-        return TileMatches(_EMPTY_PAIRS.copy(), np.zeros(0))
-    crop_a = labels_a[shared.relative_to(tile_a.halo).slices].ravel()
-    crop_b = labels_b[shared.relative_to(tile_b.halo).slices].ravel()
-    ids_a, inv_a, area_a = np.unique(crop_a, return_inverse=True, return_counts=True)
-    ids_b, inv_b, area_b = np.unique(crop_b, return_inverse=True, return_counts=True)
-    both = (crop_a != 0) & (crop_b != 0)
-    # Compact indices (< pixels in the region) keep the packed int64 code far from overflow.
-    codes, overlap = np.unique(inv_a[both].astype(np.int64) * len(ids_b) + inv_b[both], return_counts=True)
-    ia, ib = np.divmod(codes, len(ids_b))
-    iou = overlap / (area_a[ia] + area_b[ib] - overlap)
-    best_for_a = _first_of_groups(ia, iou, ib)
-    best_for_b = _first_of_groups(ib, iou, ia)
-    keep = best_for_a & best_for_b & (iou > min_overlap)
-    pairs = np.stack([ids_a[ia[keep]], ids_b[ib[keep]]], axis=1).astype(np.int64)
-    return TileMatches(pairs.reshape(-1, 2), iou[keep].astype(np.float64))
-
-
-def _first_of_groups(group: np.ndarray, score: np.ndarray, tie: np.ndarray) -> np.ndarray:
-    """Mask of the highest-score entry per group (ties to the smallest ``tie``)."""
-    order = np.lexsort((tie, -score, group))
-    first = np.ones(len(order), dtype=bool)
-    first[1:] = group[order][1:] != group[order][:-1]
-    mask = np.zeros(len(order), dtype=bool)
-    mask[order[first]] = True
-    return mask
-
-
-def core_label_ids(tile: Tile, labels: np.ndarray) -> np.ndarray:
-    """Sorted local ids (int64) with at least one pixel in the tile's core.
-
-    ``labels`` covers the tile's halo box.
-    """
-    labels = _check_labels(tile, labels, "labels")
-    ids = np.unique(labels[tile.core_in_halo.slices])
-    return ids[ids != 0].astype(np.int64)
 
 
 def build_lookup_tables(
@@ -265,13 +127,13 @@ def build_lookup_tables(
     offsets = np.concatenate([[0], np.cumsum(max_id + 1)]).astype(np.int64)
     n_nodes = int(offsets[-1])
     tile_of_node = np.repeat(np.arange(n_tiles, dtype=np.int64), max_id + 1)
-    u = np.concatenate([offsets[i] + matches[(i, j)].pairs[:, 0] for i, j in keys] + [_EMPTY_PAIRS[:, 0]])
-    v = np.concatenate([offsets[j] + matches[(i, j)].pairs[:, 1] for i, j in keys] + [_EMPTY_PAIRS[:, 0]])
+    u = np.concatenate([offsets[i] + matches[(i, j)].pairs[:, 0] for i, j in keys] + [_NO_NODES])
+    v = np.concatenate([offsets[j] + matches[(i, j)].pairs[:, 1] for i, j in keys] + [_NO_NODES])
     w = np.concatenate([matches[k].iou for k in keys] + [np.zeros(0)])
 
     node_class, n_rejected = _join(u, v, w, tile_of_node, n_nodes, n_tiles)
 
-    core_nodes = np.concatenate([offsets[t] + cores[t] for t in range(n_tiles)] + [_EMPTY_PAIRS[:, 0]])
+    core_nodes = np.concatenate([offsets[t] + cores[t] for t in range(n_tiles)] + [_NO_NODES])
     classes, first = np.unique(node_class[core_nodes], return_index=True)
     n_objects = len(classes)
     if n_objects >= 2**32:
@@ -352,39 +214,3 @@ def apply_lookup(core_labels: np.ndarray, lut: np.ndarray) -> np.ndarray:
            [7, 3]], dtype=uint32)
     """
     return lut[core_labels]
-
-
-def stitch_in_memory(
-    grid: TileGrid, tile_labels: Sequence[np.ndarray], *, min_overlap: float = 0.5
-) -> tuple[np.ndarray, StitchPlan]:
-    """Stitch all tiles of a small slide held in memory.
-
-    Parameters
-    ----------
-    grid : TileGrid
-        The tile grid.
-    tile_labels : sequence of numpy.ndarray
-        Local labels of every tile's halo box, by tile index.
-    min_overlap : float
-        Passed to :func:`match_tiles`.
-
-    Returns
-    -------
-    labels : numpy.ndarray
-        ``(Y, X)`` uint32 global labels, ids ``1..N``.
-    plan : StitchPlan
-    """
-    if len(tile_labels) != len(grid.tiles):
-        raise TileLayoutError(
-            f"got labels for {len(tile_labels)} tiles but the grid has {len(grid.tiles)}; give one array per tile."
-        )
-    tiles = grid.tiles
-    matches = {
-        (i, j): match_tiles(tiles[i], tile_labels[i], tiles[j], tile_labels[j], min_overlap=min_overlap)
-        for i, j in grid.neighbour_pairs()
-    }
-    plan = build_lookup_tables(grid, [core_label_ids(t, lab) for t, lab in zip(tiles, tile_labels)], matches)
-    out = np.zeros(grid.shape_yx, dtype=np.uint32)
-    for tile, labels in zip(tiles, tile_labels):
-        out[tile.core.slices] = apply_lookup(np.asarray(labels)[tile.core_in_halo.slices], plan.luts[tile.index])
-    return out, plan

@@ -1,0 +1,76 @@
+"""Small kernels on label ids shared by the stages: ranking within groups, renumbering.
+
+Plain numpy functions on arrays; the stages (tiling, the backends,
+measurement) import them rather than each writing its own sort.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["first_of_groups", "consecutive_lookup", "relabel_consecutive"]
+
+
+def first_of_groups(group: np.ndarray, *keys: np.ndarray) -> np.ndarray:
+    """Index of the first row of each group, rows ranked by ``keys`` within a group.
+
+    Rows are sorted by ``group``, then by each of ``keys`` in turn (ascending;
+    negate a key to rank its largest first); the index of the top row of
+    every group is returned, groups in ascending order.
+
+    Parameters
+    ----------
+    group : ndarray of int, shape (n,)
+        Group of each row (e.g. a label id).
+    *keys : ndarray, shape (n,)
+        Ranking within a group, most significant first.
+
+    Returns
+    -------
+    ndarray of int64
+        One row index per distinct group.
+
+    Examples
+    --------
+    Largest overlap per nucleus, ties to the smaller cell id:
+
+    >>> nucleus = np.array([1, 1, 2, 2, 2])
+    >>> overlap = np.array([3, 5, 4, 4, 1])
+    >>> cell = np.array([7, 8, 9, 6, 5])
+    >>> first_of_groups(nucleus, -overlap, cell).tolist()
+    [1, 3]
+    """
+    group = np.asarray(group)
+    if group.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    order = np.lexsort((*reversed([np.asarray(k) for k in keys]), group))
+    ranked = group[order]
+    first = np.r_[True, ranked[1:] != ranked[:-1]]
+    return order[first].astype(np.int64)
+
+
+def consecutive_lookup(labels: np.ndarray, size: int | None = None) -> np.ndarray:
+    """Lookup table renumbering the ids of ``labels`` to 1..N in id order (0 stays 0).
+
+    ``size`` makes the table longer than ``labels.max() + 1``, so that other
+    label images whose ids follow these (nucleus ``k`` inside cell ``k``)
+    map through the same table; ids absent from ``labels`` map to 0.
+
+    >>> consecutive_lookup(np.array([0, 7, 3]), size=9).tolist()
+    [0, 0, 0, 1, 0, 0, 0, 2, 0]
+    """
+    ids = np.unique(labels)
+    ids = ids[ids > 0]
+    length = max(int(labels.max(initial=0)) + 1, size or 0)
+    lookup = np.zeros(length, dtype=np.int32)
+    lookup[ids] = np.arange(1, ids.size + 1, dtype=np.int32)
+    return lookup
+
+
+def relabel_consecutive(labels: np.ndarray) -> np.ndarray:
+    """Renumber ids to 1..N in order of first id, as int32 (0 stays 0).
+
+    >>> relabel_consecutive(np.array([[0, 7, 7, 3]])).tolist()
+    [[0, 2, 2, 1]]
+    """
+    return consecutive_lookup(labels)[labels]
