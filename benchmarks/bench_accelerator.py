@@ -45,7 +45,8 @@ from distributed import Client, get_task_stream
 from tiled_seg.cluster import GPU, accelerator_cluster, connect
 from tiled_seg.config import RunConfig
 from tiled_seg.pipeline import run
-from tiled_seg.pipeline._run import _open_inputs, _plan, _slide_stats, _tile_job
+from tiled_seg.pipeline._checks import open_inputs, plan_run
+from tiled_seg.pipeline._run import _slide_stats, _tile_job
 from tiled_seg.pipeline._segment import predict_batch, prepare_tile
 from tiled_seg.segment.backends import get_segmenter
 from tiled_seg.synth import make_slide
@@ -153,9 +154,9 @@ def measure(client: Client, slide: str, config: RunConfig, out: Path, gpu: bool)
         for part in task["startstops"] if part["action"] == "compute"
         for start, end in [(part["start"], part["stop"])]
     )
-    inputs = _open_inputs(slide, config)
-    plan = _plan(inputs, config)
-    stats = _slide_stats(inputs, plan.stats_level, config)
+    inputs = open_inputs(slide, config)
+    plan = plan_run(inputs, config)
+    stats = _slide_stats(inputs, plan.stats_level, config, None)
     job = _tile_job(inputs, config, stats, str(out) + ".unused-scratch")
     skipped = set()
     if config.tiling.skip_empty:

@@ -9,6 +9,7 @@ SpatialData attributes, steinbock's readers on ``measure --steinbock``, and
 ngff-zarr's validation where ngff-zarr is installed (image strict; the label's
 strict schema wants a ``colors`` list, which tiled_seg deliberately omits).
 """
+import argparse
 import importlib.util
 import json
 import shutil
@@ -20,8 +21,13 @@ from pathlib import Path
 import numpy as np
 
 warnings.simplefilter("ignore")
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+parser.add_argument("workdir", type=Path, help="a new or empty folder for the stores (it is not cleared)")
+work = parser.parse_args().workdir
+if work.exists() and any(work.iterdir()):
+    sys.exit(f"{work} is not empty; give a new or empty folder.")
+work.mkdir(parents=True, exist_ok=True)
 B = Path(sys.executable).parent
-work = Path(sys.argv[1]); shutil.rmtree(work, ignore_errors=True); work.mkdir()
 def sh(*a):
     r = subprocess.run([str(B / "tiled-seg"), *a], capture_output=True, text=True, cwd=work)
     assert r.returncode == 0, r.stdout + r.stderr

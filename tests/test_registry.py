@@ -18,7 +18,7 @@ from tiled_seg.segment.backends import onnx as onnx_backend
 
 
 def test_builtin_backends_are_listed() -> None:
-    assert {"watershed", "onnx", "cellpose", "mesmer"} <= set(available_backends())
+    assert {"watershed", "onnx", "cellpose", "mesmer", "stardist", "probabilities"} <= set(available_backends())
     with pytest.raises(BackendError, match="unknown backend"):
         get_segmenter_class("nope")
 

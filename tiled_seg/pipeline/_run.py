@@ -16,14 +16,14 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+import pandas as pd
 from distributed import Client
 
 from tiled_seg.cluster import connect
 from tiled_seg.config import RunConfig
 from tiled_seg.io.fs import remove_tree
 from tiled_seg.io.ngff import write_labels
-from tiled_seg.io.tables import read_parquet
-from tiled_seg.measure import measure_store
+from tiled_seg.measure import MeasureResult, measure_store
 from tiled_seg.measure.redsea import compensate_store
 from tiled_seg.pipeline._checks import Inputs, Plan, check_h5ad, check_run, open_inputs, plan_run
 from tiled_seg.pipeline._lock import run_lock
@@ -210,8 +210,8 @@ def _expand(store: str, inputs: Inputs, radius_um: float, progress: Progress | N
 def _measure(
     store: str, inputs: Inputs, config: RunConfig, labels: dict[str, str],
     progress: Progress | None, h5ad: str | Path | None,
-) -> dict[str, str]:
-    """Measure every cell into the output tables (and ``h5ad``); returns their paths by name."""
+) -> MeasureResult:
+    """Measure every cell into the output tables (and ``h5ad``)."""
     out_names = inputs.out_names
     measured = measure_store(
         store,
@@ -228,12 +228,12 @@ def _measure(
         image_store=inputs.slide.path,
         progress=progress,
     )
-    return dict(measured.paths)
+    return measured
 
 
-def _redsea(store: str, inputs: Inputs, config: RunConfig) -> None:
-    """REDSEA-compensated means into the cell tables (boundary band in um)."""
-    compensate_store(
+def _redsea(store: str, inputs: Inputs, config: RunConfig) -> pd.DataFrame:
+    """REDSEA-compensated means into the cell tables (boundary band in um); the updated table."""
+    return compensate_store(
         store, table=config.outputs.table, labels=inputs.out_names["cells"],
         element_size=max(1, round(config.redsea_boundary_um / inputs.pixel_size_um)),
         image_store=inputs.slide.path,
@@ -366,14 +366,15 @@ def _stages(
         )
     if config.measure and "cells" in labels:
         with _timed(timings, "measure"):
-            tables = _measure(store, inputs, config, labels, progress, h5ad)
+            measured = _measure(store, inputs, config, labels, progress, h5ad)
+        tables, table = dict(measured.paths), measured.table
         if config.redsea:
             with _timed(timings, "redsea"):
-                _redsea(store, inputs, config)
+                table = _redsea(store, inputs, config)
         if config.qc.enabled:
+            # From the table in memory: the QC does not read the written tables again.
             with _timed(timings, "qc"):
-                qc = run_qc(read_parquet(tables["parquet"]), plan.grid, inputs.pixel_size_um,
-                            config.qc, compensated=config.redsea)
+                qc = run_qc(table, plan.grid, inputs.pixel_size_um, config.qc, compensated=config.redsea)
     result = RunResult(
         store=str(store),
         labels=labels,

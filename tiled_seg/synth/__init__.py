@@ -31,11 +31,13 @@ noise and hot pixels. Values are stored as uint16 counts.
 
 from tiled_seg.synth._panel import CELL_TYPES, channel_names_for
 from tiled_seg.synth._slide import SynthInfo, make_slide, synth_arrays
+from tiled_seg.synth._stardist_model import make_stardist_model
 
 __all__ = [
     "CELL_TYPES",
     "SynthInfo",
     "channel_names_for",
     "make_slide",
+    "make_stardist_model",
     "synth_arrays",
 ]

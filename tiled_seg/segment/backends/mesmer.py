@@ -55,6 +55,7 @@ from tiled_seg.labels import relabel_consecutive
 from tiled_seg.segment.backends import _mesmer_processing as processing
 from tiled_seg.segment.backends._blended_windows import BlendLayout, blend_windows, cut_blended
 from tiled_seg.segment.backends._instances import link_nuclei
+from tiled_seg.segment.backends._tensorflow import allow_memory_growth
 from tiled_seg.segment.backends.base import (
     BackendOptions,
     NetworkOutputs,
@@ -175,11 +176,7 @@ def load_keras_model(path: Path) -> Any:
             f"the mesmer backend needs TensorFlow and tf-keras ({error.name} is missing); "
             "install them with `pip install 'tiled-seg[mesmer]'`."
         ) from error
-    for gpu in tf.config.list_physical_devices("GPU"):
-        try:
-            tf.config.experimental.set_memory_growth(gpu, True)
-        except RuntimeError:
-            pass  # already initialised: memory growth can only be set before first use
+    allow_memory_growth(tf)
     model = tf_keras.models.load_model(str(path), compile=False)
     with _loads_lock:
         _loads += 1

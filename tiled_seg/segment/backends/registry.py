@@ -19,6 +19,7 @@ _BUILTIN = {
     "onnx": "tiled_seg.segment.backends.onnx:OnnxSegmenter",
     "cellpose": "tiled_seg.segment.backends.cellpose:CellposeSegmenter",
     "mesmer": "tiled_seg.segment.backends.mesmer:MesmerSegmenter",
+    "stardist": "tiled_seg.segment.backends.stardist:StardistSegmenter",
     "probabilities": "tiled_seg.segment.backends.probabilities:ProbabilitiesSegmenter",
 }
 _ENTRY_POINT_GROUP = "tiled_seg.segmenters"
