@@ -32,13 +32,13 @@ from skimage.filters import threshold_otsu
 from skimage.morphology import disk
 
 from tiled_seg.cluster import connect
-from tiled_seg.config import RunConfig, load_config
-from tiled_seg.quality.evaluate import match_labels
+from tiled_seg.config import load_config
 from tiled_seg.io.convert import convert
 from tiled_seg.io.ngff import open_slide, read_labels, write_image
-from tiled_seg.segment.normalize import build_inputs, compute_slide_stats
 from tiled_seg.pipeline import run
-from tiled_seg.pixels import train_pixels
+from tiled_seg.quality.evaluate import match_labels
+from tiled_seg.segment.normalize import build_inputs, compute_slide_stats
+from tiled_seg.segment.pixels import train_pixels
 from tiled_seg.synth import synth_arrays
 
 ROOT = Path(__file__).resolve().parents[1]

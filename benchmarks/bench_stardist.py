@@ -52,10 +52,10 @@ import psutil
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_pipeline import PeakMemory, print_row, slide_folder  # noqa: E402
 
-from tiled_seg.quality.evaluate import match_labels  # noqa: E402
 from tiled_seg.io.ngff import write_image  # noqa: E402
-from tiled_seg.segment.normalize import normalize_channel  # noqa: E402
+from tiled_seg.quality.evaluate import match_labels  # noqa: E402
 from tiled_seg.quality.qc import cut_objects  # noqa: E402
+from tiled_seg.segment.normalize import normalize_channel  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "nuclei_stardist"
 CHANNEL = "DNA"

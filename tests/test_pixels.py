@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from tiled_seg._cli import main
 from tiled_seg.errors import BackendError, ConfigError, InputNotFoundError
-from tiled_seg.pixels import (
+from tiled_seg.segment.pixels import (
     ILASTIK_SIGMAS,
     annotated_features,
     feature_names,
@@ -156,7 +156,7 @@ def test_train_pixels_command_on_a_slide(tmp_path):
 
 def test_train_pixels_refuses_a_panel_store(tmp_path):
     from tiled_seg.config import RunConfig
-    from tiled_seg.pixels import train_pixels
+    from tiled_seg.segment.pixels import train_pixels
 
     config = RunConfig().with_overrides(**{"panel.store": str(tmp_path / "probs.ome.zarr")})
     with pytest.raises(ConfigError, match="not panel.store"):

@@ -10,10 +10,9 @@ from scipy import ndimage as ndi
 
 from tiled_seg.config import RunConfig
 from tiled_seg.errors import BackendError, ConfigError
-from tiled_seg.quality.evaluate import match_labels
 from tiled_seg.io.ngff import read_labels, write_image
 from tiled_seg.pipeline import configured_backend, halo_px_for, run
-from tiled_seg.pixels import load_classifier, train_pixels
+from tiled_seg.quality.evaluate import match_labels
 from tiled_seg.segment.backends import SlideContext
 from tiled_seg.segment.backends.probabilities import (
     ProbabilitiesOptions,
@@ -21,6 +20,7 @@ from tiled_seg.segment.backends.probabilities import (
     identify_primary,
     identify_secondary,
 )
+from tiled_seg.segment.pixels import load_classifier, train_pixels
 from tiled_seg.synth import make_slide, synth_arrays
 
 SIZE = 256

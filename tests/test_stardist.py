@@ -17,9 +17,9 @@ from tiled_seg._cli.run import _model_option
 from tiled_seg.cluster import accelerator_cluster
 from tiled_seg.config import RunConfig
 from tiled_seg.errors import BackendError
-from tiled_seg.quality.evaluate import match_labels
 from tiled_seg.io import read_labels
 from tiled_seg.pipeline import check_run, run
+from tiled_seg.quality.evaluate import match_labels
 from tiled_seg.segment.backends import SlideContext, get_segmenter_class
 from tiled_seg.segment.backends.base import predict_tiles
 from tiled_seg.segment.backends.stardist import StardistSegmenter, find_model, grow_cells, model_loads

@@ -151,8 +151,8 @@ def test_empty_tile() -> None:
 
 
 def test_keep_largest_piece_splits_by_id_across_touching_labels() -> None:
-    from tiled_seg.segment.backends.watershed import _keep_largest_piece
+    from tiled_seg.labels import keep_largest_piece
 
     labels = np.array([[5, 5, 6, 5], [0, 0, 6, 0], [7, 0, 0, 7]])
     expected = np.array([[5, 5, 6, 0], [0, 0, 6, 0], [7, 0, 0, 0]])
-    np.testing.assert_array_equal(_keep_largest_piece(labels), expected)
+    np.testing.assert_array_equal(keep_largest_piece(labels), expected)

@@ -1,4 +1,4 @@
-"""Small kernels on label ids shared by the stages: ranking within groups, renumbering.
+"""Small kernels on label images shared by the stages: ranking within groups, renumbering, cleaning.
 
 Plain numpy functions on arrays; the stages (tiling, the backends,
 measurement) import them rather than each writing its own sort.
@@ -7,8 +7,16 @@ measurement) import them rather than each writing its own sort.
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage as ndi
 
-__all__ = ["first_of_groups", "consecutive_lookup", "relabel_consecutive"]
+__all__ = [
+    "first_of_groups",
+    "consecutive_lookup",
+    "relabel_consecutive",
+    "remove_small_labels",
+    "keep_largest_piece",
+    "fill_small_holes",
+]
 
 
 def first_of_groups(group: np.ndarray, *keys: np.ndarray) -> np.ndarray:
@@ -74,3 +82,50 @@ def relabel_consecutive(labels: np.ndarray) -> np.ndarray:
     [[0, 2, 2, 1]]
     """
     return consecutive_lookup(labels)[labels]
+
+
+def remove_small_labels(labels: np.ndarray, min_area_px: float) -> np.ndarray:
+    """Set objects with fewer than ``min_area_px`` pixels to background.
+
+    >>> remove_small_labels(np.array([[1, 1, 0, 2]]), 2).tolist()
+    [[1, 1, 0, 0]]
+    """
+    sizes = np.bincount(labels.ravel())
+    small = sizes < min_area_px
+    small[0] = False
+    return np.where(small[labels], 0, labels)
+
+
+def keep_largest_piece(labels: np.ndarray) -> np.ndarray:
+    """Keep, for every id, only its largest 4-connected piece."""
+    from skimage.measure import label
+
+    pieces = label(labels, background=0, connectivity=1).ravel()
+    if pieces.max() == 0:
+        return labels
+    flat = labels.ravel()
+    size = np.bincount(pieces)
+    piece_id = np.zeros(size.size, dtype=np.int64)
+    piece_id[pieces] = flat
+    # Largest piece first within each id; equal sizes keep the first in raster order.
+    keep = np.zeros(size.size, dtype=bool)
+    candidates = np.arange(1, size.size)
+    keep[candidates[first_of_groups(piece_id[candidates], -size[candidates], candidates)]] = True
+    return np.where(keep[pieces], flat, 0).reshape(labels.shape)
+
+
+def fill_small_holes(mask: np.ndarray, max_area_px: float) -> np.ndarray:
+    """Fill background components smaller than ``max_area_px`` that are enclosed.
+
+    Components touching the array edge are never filled: whether they are
+    holes depends on what lies beyond the tile.
+    """
+    holes, n = ndi.label(~mask)
+    if n == 0:
+        return mask
+    sizes = np.bincount(holes.ravel(), minlength=n + 1)
+    fill = sizes < max_area_px
+    fill[0] = False
+    edge = np.unique(np.concatenate([holes[0], holes[-1], holes[:, 0], holes[:, -1]]))
+    fill[edge] = False
+    return mask | fill[holes]

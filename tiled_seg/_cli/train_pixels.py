@@ -37,7 +37,7 @@ def train_pixels_cmd(slide, annotations, output, config_path, nuclear, membrane,
     """
     from tiled_seg._cli.run import build_config
     from tiled_seg.errors import ConfigError
-    from tiled_seg.pixels import ILASTIK_SIGMAS, train_pixels
+    from tiled_seg.segment.pixels import ILASTIK_SIGMAS, train_pixels
 
     config = build_config(config_path, settings=settings, **{
         "pixel_size_um": pixel_size_um,

@@ -10,8 +10,8 @@ into label images the same way wherever they can, so the helpers live here:
   with the watershed backend's own nuclear kernel
   (:func:`tiled_seg.segment.backends.watershed.segment_nuclei`), so there is one
   distance-transform marker watershed in the package, not two;
-* :func:`remove_small_labels` and :func:`link_nuclei` (nucleus-to-cell
-  linkage by maximum overlap); renumbering is :mod:`tiled_seg.labels`.
+* :func:`link_nuclei` (nucleus-to-cell linkage by maximum overlap);
+  renumbering and removing small objects are :mod:`tiled_seg.labels`.
 
 All functions are plain numpy kernels; none imports dask or a model library.
 """
@@ -22,13 +22,12 @@ import numpy as np
 
 from tiled_seg.labels import first_of_groups, relabel_consecutive
 from tiled_seg.segment.backends.base import SlideContext
-from tiled_seg.segment.backends.watershed import WatershedOptions, _remove_small, segment_nuclei
+from tiled_seg.segment.backends.watershed import WatershedOptions, segment_nuclei
 
 __all__ = [
     "rescale_image",
     "resize_image",
     "probability_instances",
-    "remove_small_labels",
     "link_nuclei",
 ]
 
@@ -109,15 +108,6 @@ def probability_instances(
     )
     labels = segment_nuclei(probability.astype(np.float32, copy=False), options, context)
     return relabel_consecutive(labels)
-
-
-def remove_small_labels(labels: np.ndarray, min_area_px: float) -> np.ndarray:
-    """Set objects with fewer than ``min_area_px`` pixels to background.
-
-    >>> remove_small_labels(np.array([[1, 1, 0, 2]]), 2).tolist()
-    [[1, 1, 0, 0]]
-    """
-    return _remove_small(labels, min_area_px)
 
 
 def link_nuclei(cells: np.ndarray, nuclei: np.ndarray) -> np.ndarray:

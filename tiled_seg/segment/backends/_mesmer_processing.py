@@ -33,8 +33,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from tiled_seg.errors import BackendError
-from tiled_seg.labels import relabel_consecutive
-from tiled_seg.segment.backends._instances import remove_small_labels
+from tiled_seg.labels import relabel_consecutive, remove_small_labels
 
 __all__ = [
     "WatershedSettings",

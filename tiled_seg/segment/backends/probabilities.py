@@ -36,18 +36,12 @@ from pydantic import Field, model_validator
 from scipy import ndimage as ndi
 
 from tiled_seg.errors import BackendError, InputNotFoundError
-from tiled_seg.labels import relabel_consecutive
+from tiled_seg.labels import fill_small_holes, keep_largest_piece, relabel_consecutive
 from tiled_seg.segment.backends.base import BackendOptions, Segmentation, Segmenter, SlideContext
-from tiled_seg.segment.backends.watershed import (
-    _clip_radius,
-    _disk,
-    _fill_small_holes,
-    _keep_largest_piece,
-    _smooth,
-)
+from tiled_seg.segment.backends.watershed import clip_radius, disk_footprint, gaussian_smooth
 
 if TYPE_CHECKING:
-    from tiled_seg.pixels import PixelClassifier
+    from tiled_seg.segment.pixels import PixelClassifier
 
 __all__ = [
     "ProbabilitiesOptions",
@@ -119,8 +113,8 @@ def _declump_score(
     # Each score gets a small share of the other so that equal values (flat
     # probabilities, ridges of the distance) still have one maximum.
     if options.declump == "shape":
-        return _smooth(distance, sigma_um / px) + 1e-3 * smooth
-    return _smooth(smooth, sigma_um / px) + 1e-3 * distance
+        return gaussian_smooth(distance, sigma_um / px) + 1e-3 * smooth
+    return gaussian_smooth(smooth, sigma_um / px) + 1e-3 * distance
 
 
 def identify_primary(
@@ -152,16 +146,16 @@ def identify_primary(
 
     px = context.pixel_size_um
     low, high = options.typical_diameter_um
-    smooth = _smooth(nucleus, options.smoothing_um / px)
+    smooth = gaussian_smooth(nucleus, options.smoothing_um / px)
     foreground = smooth > options.threshold
     if options.fill_holes:
-        foreground = _fill_small_holes(foreground, math.pi * (0.5 * high / px) ** 2)
+        foreground = fill_small_holes(foreground, math.pi * (0.5 * high / px) ** 2)
     if options.declump == "none":
         labels, _ = ndi.label(foreground)
     else:
         score = _declump_score(smooth, foreground, options, px)
         suppression_um = options.maxima_suppression_um or low / 1.5
-        peaks = score == ndi.maximum_filter(score, footprint=_disk(suppression_um / px), mode="nearest")
+        peaks = score == ndi.maximum_filter(score, footprint=disk_footprint(suppression_um / px), mode="nearest")
         markers, _ = ndi.label(peaks & foreground, structure=np.ones((3, 3), bool))
         labels = watershed(-score, markers, mask=foreground)
     area = np.bincount(labels.ravel())
@@ -196,16 +190,16 @@ def identify_secondary(
 
     px = context.pixel_size_um
     sigma_px = options.smoothing_um / px
-    mask = (_smooth(nucleus + cytoplasm, sigma_px) > options.secondary_threshold) | (nuclei > 0)
+    mask = (gaussian_smooth(nucleus + cytoplasm, sigma_px) > options.secondary_threshold) | (nuclei > 0)
     radius_px = 0.5 * options.max_cell_diameter_um / px
     if options.fill_holes:
-        mask = _fill_small_holes(mask, math.pi * radius_px**2)
+        mask = fill_small_holes(mask, math.pi * radius_px**2)
     # The gradient per um against the distance in um, weighted by lambda; a
     # Gaussian derivative needs some width even when smoothing_um is 0.
     step = ndi.gaussian_gradient_magnitude(cytoplasm.astype(np.float32), max(sigma_px, 0.5),
                                            mode="nearest") / px
     cells = watershed(step, nuclei, mask=mask, compactness=options.regularization_factor * px)
-    return _clip_radius(cells, nuclei, radius_px).astype(np.int32)
+    return clip_radius(cells, nuclei, radius_px).astype(np.int32)
 
 
 class ProbabilitiesSegmenter(Segmenter[ProbabilitiesOptions]):
@@ -216,7 +210,7 @@ class ProbabilitiesSegmenter(Segmenter[ProbabilitiesOptions]):
 
     def load_model(self) -> PixelClassifier | None:
         """The pixel classifier of the options, or None (the inputs are probabilities)."""
-        from tiled_seg.pixels import load_classifier
+        from tiled_seg.segment.pixels import load_classifier
 
         path = self.options.classifier
         try:
@@ -240,7 +234,7 @@ class ProbabilitiesSegmenter(Segmenter[ProbabilitiesOptions]):
         classifier = self.model
         if classifier is None:
             return nuclear, membrane
-        from tiled_seg.pixels import predict_pixels
+        from tiled_seg.segment.pixels import predict_pixels
 
         if abs(classifier.pixel_size_um - context.pixel_size_um) > 0.01 * classifier.pixel_size_um:
             raise BackendError(
@@ -268,10 +262,10 @@ class ProbabilitiesSegmenter(Segmenter[ProbabilitiesOptions]):
         nucleus, cytoplasm = self.probabilities(nuclear, membrane, context)
         nuclei = identify_primary(nucleus, options, context)
         if cytoplasm is None:
-            nuclei = relabel_consecutive(_keep_largest_piece(nuclei))
+            nuclei = relabel_consecutive(keep_largest_piece(nuclei))
             return Segmentation(cells=nuclei, nuclei=nuclei)
-        cells = _keep_largest_piece(identify_secondary(nuclei, nucleus, cytoplasm, options, context))
-        nuclei = _keep_largest_piece(np.where(cells == nuclei, nuclei, 0))
+        cells = keep_largest_piece(identify_secondary(nuclei, nucleus, cytoplasm, options, context))
+        nuclei = keep_largest_piece(np.where(cells == nuclei, nuclei, 0))
         # Cells without their nucleus (lost to the largest-piece rule) go too.
         has_nucleus = np.zeros(int(cells.max(initial=0)) + 1, dtype=bool)
         has_nucleus[nuclei] = True  # nucleus ids are cell ids, by the line above

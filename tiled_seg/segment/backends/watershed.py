@@ -22,7 +22,7 @@ import numpy as np
 from pydantic import Field, model_validator
 from scipy import ndimage as ndi
 
-from tiled_seg.labels import consecutive_lookup, first_of_groups
+from tiled_seg.labels import consecutive_lookup, fill_small_holes, keep_largest_piece, remove_small_labels
 from tiled_seg.segment.backends.base import BackendOptions, Segmentation, Segmenter, SlideContext
 
 __all__ = ["WatershedOptions", "WatershedSegmenter", "segment_nuclei", "grow_cells"]
@@ -83,50 +83,17 @@ class WatershedOptions(BackendOptions):
         return self
 
 
-def _disk(radius_px: float) -> np.ndarray:
+def disk_footprint(radius_px: float) -> np.ndarray:
+    """Boolean disk of radius ``radius_px`` (px), at least 3 x 3."""
     r = max(int(math.floor(radius_px)), 1)
     yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
     return yy**2 + xx**2 <= radius_px**2 + 1e-9
 
 
-def _smooth(image: np.ndarray, sigma_px: float) -> np.ndarray:
+def gaussian_smooth(image: np.ndarray, sigma_px: float) -> np.ndarray:
+    """Gaussian smoothing (``sigma_px`` in px, edges repeated) as float32; 0 keeps the image."""
     image = image.astype(np.float32, copy=False)
     return ndi.gaussian_filter(image, sigma_px, mode="nearest") if sigma_px > 0 else image
-
-
-def _fill_small_holes(mask: np.ndarray, max_area_px: float) -> np.ndarray:
-    """Fill background components smaller than ``max_area_px`` that are enclosed.
-
-    Components touching the array edge are never filled: whether they are
-    holes depends on what lies beyond the tile.
-    """
-    holes, n = ndi.label(~mask)
-    if n == 0:
-        return mask
-    sizes = np.bincount(holes.ravel(), minlength=n + 1)
-    fill = sizes < max_area_px
-    fill[0] = False
-    edge = np.unique(np.concatenate([holes[0], holes[-1], holes[:, 0], holes[:, -1]]))
-    fill[edge] = False
-    return mask | fill[holes]
-
-
-def _keep_largest_piece(labels: np.ndarray) -> np.ndarray:
-    """Keep, for every id, only its largest 4-connected piece."""
-    from skimage.measure import label
-
-    pieces = label(labels, background=0, connectivity=1).ravel()
-    if pieces.max() == 0:
-        return labels
-    flat = labels.ravel()
-    size = np.bincount(pieces)
-    piece_id = np.zeros(size.size, dtype=np.int64)
-    piece_id[pieces] = flat
-    # Largest piece first within each id; equal sizes keep the first in raster order.
-    keep = np.zeros(size.size, dtype=bool)
-    candidates = np.arange(1, size.size)
-    keep[candidates[first_of_groups(piece_id[candidates], -size[candidates], candidates)]] = True
-    return np.where(keep[pieces], flat, 0).reshape(labels.shape)
 
 
 def segment_nuclei(
@@ -148,7 +115,7 @@ def segment_nuclei(
         Nuclei labelled 1..N (not necessarily 4-connected), 0 for background.
     """
     px = context.pixel_size_um
-    smooth = _smooth(nuclear, options.smoothing_um / px)
+    smooth = gaussian_smooth(nuclear, options.smoothing_um / px)
     threshold = (
         options.nuclear_threshold
         if options.nuclear_threshold is not None
@@ -161,25 +128,18 @@ def segment_nuclei(
         foreground &= smooth > options.local_contrast * ndi.maximum_filter(
             smooth, size=window, mode="nearest"
         )
-    foreground = _fill_small_holes(foreground, options.max_hole_area_um2 / px**2)
+    foreground = fill_small_holes(foreground, options.max_hole_area_um2 / px**2)
     distance = ndi.distance_transform_edt(foreground).astype(np.float32)
     # Smoothing the distance merges the ridge maxima of elongated nuclei, and
     # a tiny intensity term breaks exact ties between equal distances.
-    score = _smooth(distance, 0.15 * options.nucleus_diameter_um / px) + 1e-3 * smooth
+    score = gaussian_smooth(distance, 0.15 * options.nucleus_diameter_um / px) + 1e-3 * smooth
     radius_px = 0.5 * options.peak_separation * options.nucleus_diameter_um / px
-    peaks = (score == ndi.maximum_filter(score, footprint=_disk(radius_px), mode="nearest"))
+    peaks = (score == ndi.maximum_filter(score, footprint=disk_footprint(radius_px), mode="nearest"))
     markers, _ = ndi.label(peaks & foreground, structure=np.ones((3, 3), bool))
     from skimage.segmentation import watershed
 
     nuclei = watershed(-score, markers, mask=foreground)
-    return _remove_small(nuclei, options.min_nucleus_area_um2 / px**2)
-
-
-def _remove_small(labels: np.ndarray, min_area_px: float) -> np.ndarray:
-    sizes = np.bincount(labels.ravel())
-    small = sizes < min_area_px
-    small[0] = False
-    return np.where(small[labels], 0, labels)
+    return remove_small_labels(nuclei, options.min_nucleus_area_um2 / px**2)
 
 
 def grow_cells(
@@ -213,16 +173,16 @@ def grow_cells(
     if membrane is None:
         cells = near
     else:
-        smooth = _smooth(membrane, options.smoothing_um / px)
+        smooth = gaussian_smooth(membrane, options.smoothing_um / px)
         signal = smooth > options.membrane_threshold_scale * context.membrane_threshold
         max_area_px = math.pi * (0.5 * options.max_cell_diameter_um / px) ** 2
-        mask = _fill_small_holes(signal | (near > 0), max_area_px)
+        mask = fill_small_holes(signal | (near > 0), max_area_px)
         mask &= expand_labels(nuclei, options.max_expansion_um / px) > 0
         cells = watershed(smooth, nuclei, mask=mask, compactness=options.compactness)
-    return _clip_radius(cells, nuclei, 0.5 * options.max_cell_diameter_um / px)
+    return clip_radius(cells, nuclei, 0.5 * options.max_cell_diameter_um / px)
 
 
-def _clip_radius(cells: np.ndarray, nuclei: np.ndarray, radius_px: float) -> np.ndarray:
+def clip_radius(cells: np.ndarray, nuclei: np.ndarray, radius_px: float) -> np.ndarray:
     """Drop cell pixels further than ``radius_px`` from their nucleus centroid."""
     n = int(cells.max())
     if n == 0:
@@ -251,8 +211,8 @@ class WatershedSegmenter(Segmenter[WatershedOptions]):
         """Segment one tile; see :class:`Segmenter`."""
         options = self.options
         nuclei = segment_nuclei(nuclear, options, context)
-        cells = _keep_largest_piece(grow_cells(nuclei, membrane, options, context))
-        nuclei = _keep_largest_piece(np.where(cells == nuclei, nuclei, 0))
+        cells = keep_largest_piece(grow_cells(nuclei, membrane, options, context))
+        nuclei = keep_largest_piece(np.where(cells == nuclei, nuclei, 0))
         # Renumber both by one map so that nucleus k stays inside cell k.
         lookup = consecutive_lookup(nuclei, size=int(cells.max(initial=0)) + 1)
         return Segmentation(cells=lookup[cells], nuclei=lookup[nuclei])

@@ -1,6 +1,6 @@
 """A built-in pixel classifier: ilastik's features and a random forest stored as arrays."""
 
-from tiled_seg.pixels._features import (
+from tiled_seg.segment.pixels._features import (
     FEATURE_NAMES,
     ILASTIK_SIGMAS,
     difference_of_gaussians,
@@ -13,8 +13,8 @@ from tiled_seg.pixels._features import (
     laplacian_of_gaussian,
     structure_tensor_eigenvalues,
 )
-from tiled_seg.pixels._forest import PixelClassifier, load_classifier, predict_pixels, save_classifier
-from tiled_seg.pixels._train import (
+from tiled_seg.segment.pixels._forest import PixelClassifier, load_classifier, predict_pixels, save_classifier
+from tiled_seg.segment.pixels._train import (
     CLASSES,
     TrainResult,
     annotated_features,

@@ -14,8 +14,8 @@ import numpy as np
 
 from tiled_seg.config import RunConfig
 from tiled_seg.errors import ConfigError, DependencyError, PixelSizeError
-from tiled_seg.pixels._features import ILASTIK_SIGMAS, feature_names, feature_reach_px, feature_stack
-from tiled_seg.pixels._forest import PixelClassifier, forest_arrays, save_classifier
+from tiled_seg.segment.pixels._features import ILASTIK_SIGMAS, feature_names, feature_reach_px, feature_stack
+from tiled_seg.segment.pixels._forest import PixelClassifier, forest_arrays, save_classifier
 
 __all__ = [
     "CLASSES",
@@ -183,8 +183,8 @@ def train_pixels(
     -------
     TrainResult
     """
-    from tiled_seg.quality.evaluate import read_label_image
     from tiled_seg.io.ngff import open_slide
+    from tiled_seg.quality.evaluate import read_label_image
     from tiled_seg.segment.normalize import build_inputs, choose_stats_level, compute_slide_stats
     from tiled_seg.tiling import plan_tiles
 

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from tiled_seg.errors import BackendError, InputNotFoundError
-from tiled_seg.pixels._features import feature_reach_px, feature_stack
+from tiled_seg.segment.pixels._features import feature_reach_px, feature_stack
 
 __all__ = ["PixelClassifier", "load_classifier", "save_classifier", "predict_pixels"]
 
