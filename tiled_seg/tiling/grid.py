@@ -192,7 +192,7 @@ class TileGrid:
 
         A seam at ``s`` lies between pixels ``s - 1`` and ``s``.
 
-        >>> plan_tiles((600, 1100), 256, 8, chunk_yx=(256, 512)).seam_lines()
+        >>> TileGrid.regular((600, 1100), (256, 512), 8).seam_lines()
         ((256, 512), (512, 1024))
         """
         rows = sorted({t.core.y0 for t in self.tiles} - {0})
