@@ -383,17 +383,18 @@ def _tiled_seg(*args: str, env: dict[str, str]) -> subprocess.Popen:
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_ctrl_c_during_tiles(tmp_path, slide):
-    env = _plugin(tmp_path, "        time.sleep(1.0)\n"
+    # Tiles of 3 s each: the run is far from done when Ctrl-C comes, however busy the machine.
+    env = _plugin(tmp_path, "        time.sleep(3.0)\n"
                             "        return super().segment(nuclear, membrane, context)\n")
     output = tmp_path / "out.zarr"
     process = _tiled_seg("run", slide.path, "--output", str(output), "--backend", "probe",
-                         "--tile-px", "32", "--workers", "2", env=env)
+                         "--tile-px", "32", "--workers", "2", "--set", "tiling.skip_empty=false", env=env)
     scratch = Path(f"{output}{SCRATCH_SUFFIX}")
     deadline = time.monotonic() + 240
     while not scratch.exists() and time.monotonic() < deadline:
         assert process.poll() is None, process.communicate()
         time.sleep(0.2)
-    time.sleep(1.5)  # some of the 16 one-second tiles are running now
+    time.sleep(1.5)  # some of the 16 tiles are running now
     os.killpg(process.pid, signal.SIGINT)
     out, err = process.communicate(timeout=120)
     assert process.returncode == 130, err
