@@ -19,7 +19,7 @@ import dask.array as da
 import numpy as np
 from dask.delayed import Delayed
 
-__all__ = ["FAN_IN", "Progress", "compute_blocks", "store_blocks", "tree_reduce"]
+__all__ = ["FAN_IN", "Progress", "compute_blocks", "shared", "store_blocks", "tree_reduce"]
 
 #: Called as ``progress(stage, done, total)`` while a stage's tasks finish.
 Progress = Callable[[str, int, int], None]
@@ -28,6 +28,16 @@ Progress = Callable[[str, int, int], None]
 FAN_IN = 8
 
 T = TypeVar("T")
+
+
+def shared(value: Any) -> Delayed:
+    """``value`` as one graph key, for an argument that every block task takes.
+
+    Passed as is, the argument (a reader, a job record) is walked for dask
+    collections and tokenized once per task, and shipped with every task;
+    as one key it is tokenized and shipped once.
+    """
+    return dask.delayed(value, traverse=False)
 
 
 def tree_reduce(parts: Sequence[Any], combine: Callable[[list[T]], T], fan_in: int = FAN_IN) -> Delayed:

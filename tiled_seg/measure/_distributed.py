@@ -12,7 +12,7 @@ import dask
 import numpy as np
 import pandas as pd
 
-from tiled_seg.blocks import Progress, compute_blocks, tree_reduce
+from tiled_seg.blocks import Progress, compute_blocks, shared, tree_reduce
 from tiled_seg.errors import AxesError
 from tiled_seg.io.regions import RegionReader
 from tiled_seg.measure._blocks import (
@@ -64,7 +64,8 @@ def measure_blocks(
     if blocks is None:
         blocks = plan_blocks(job.labels.shape_yx, job.labels.chunk_yx)
     task = dask.delayed(measure_block_task, pure=True)
-    leaves = [task(job, block) for block in blocks]
+    job_key = shared(job)
+    leaves = [task(job_key, block) for block in blocks]
     return compute_blocks(leaves, tree_reduce(leaves, combine_measurements), "measure", progress)
 
 
@@ -109,11 +110,12 @@ def hull_features(
     block_y = np.searchsorted(y_edges, boxes["min_y"].to_numpy(), side="right")
     block_x = np.searchsorted(x_edges, boxes["min_x"].to_numpy(), side="right")
     task = dask.delayed(_hull_task, pure=True)
+    labels_key = shared(labels)
     leaves = []
     for _, group in boxes.groupby([block_y, block_x], sort=True):
         box = Box(int(group["min_y"].min()), int(group["max_y"].max()),
                   int(group["min_x"].min()), int(group["max_x"].max()))
-        leaves.append(task(labels, box, group["label"].to_numpy()))
+        leaves.append(task(labels_key, box, group["label"].to_numpy()))
     if not leaves:
         return pd.DataFrame({"label": np.zeros(0, np.int64)})
     table = compute_blocks(leaves, tree_reduce(leaves, _concat), "morphology", progress)

@@ -5,18 +5,18 @@ block. Each block instead returns small partial sums keyed by label id
 (:func:`block_partials`); partials from any set of blocks merge with
 :func:`combine_partials` in any grouping, and
 :func:`tiled_seg.measure._table.cell_table` turns the merged sums into per-cell
-counts, means, centroids, boxes and moment features. All
-kernels are vectorised over pixels (one stable sort per block, then
-``reduceat``); none loops over cells, and none imports dask.
+counts, means, centroids, boxes and moment features. The pixel pass is one
+compiled loop over the block (:mod:`~tiled_seg.measure._kernels`); nothing
+loops over cells in Python, and nothing imports dask.
 """
 
 from __future__ import annotations
 
-from typing import Callable
-
 import numpy as np
 
-__all__ = ["block_partials", "combine_partials", "empty_partials", "group_ids"]
+from tiled_seg.measure._kernels import cell_sums, dense_index, label_range
+
+__all__ = ["block_partials", "combine_partials", "empty_partials", "label_index"]
 
 #: Keys whose values are summed when partials merge; box corners take min / max.
 #: Coordinate sums (``sum_y`` ... ``sum_xy``) are int64 and exact, so the
@@ -28,20 +28,25 @@ _SUM_KEYS = (
 _MIN_KEYS = ("min_y", "min_x")
 
 
-def group_ids(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct ids of ``labels`` (ravelled) and each pixel's index into them."""
-    flat = labels.ravel()
-    low, high = int(flat.min()), int(flat.max())
-    if high - low <= 4 * flat.size:
-        # Ids inside one chunk are usually a narrow range: a dense lookup
+def label_index(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct non-zero ids of ``labels`` (sorted) and each pixel's row among them.
+
+    Returns ``ids`` (int64) and ``index``, ravelled like ``labels``, with -1
+    for background pixels.
+    """
+    low, high, n_labelled = label_range(labels)
+    if n_labelled == 0:
+        return np.zeros(0, np.int64), np.full(labels.size, -1, np.int64)
+    if high - low <= 4 * labels.size:
+        # Ids inside one block are usually a narrow range: a dense lookup
         # avoids the sort that np.unique would need.
-        dense = (flat - low).astype(np.intp, copy=False)
-        present = np.flatnonzero(np.bincount(dense))
-        lookup = np.zeros(high - low + 1, dtype=np.intp)
-        lookup[present] = np.arange(present.size)
-        return present.astype(np.int64) + low, lookup[dense]
-    ids, inverse = np.unique(flat, return_inverse=True)
-    return ids.astype(np.int64), inverse.ravel()
+        return dense_index(labels, low, high)
+    flat = labels.ravel()
+    labelled = flat > 0
+    ids, inverse = np.unique(flat[labelled], return_inverse=True)
+    index = np.full(flat.size, -1, np.int64)
+    index[labelled] = inverse.ravel()
+    return ids.astype(np.int64), index
 
 
 def empty_partials(n_channels: int, with_nuclei: bool) -> dict[str, np.ndarray]:
@@ -99,54 +104,35 @@ def block_partials(
     """
     n_channels = image.shape[0]
     height, width = labels.shape
-    flat = labels.ravel()
-    foreground = np.flatnonzero(flat)
-    if foreground.size == 0:
+    ids, index = label_index(labels)
+    if ids.size == 0:
         return empty_partials(n_channels, nuclei is not None)
-    ids, inverse = group_ids(flat[foreground])
     n = ids.size
-    # One stable sort groups each cell's pixels (split by inside / outside a
-    # nucleus) into runs in raster order; every sum is then one reduceat.
-    key = inverse.astype(np.int64)
-    if nuclei is not None:
-        in_nucleus = nuclei.ravel()[foreground] > 0
-        key = 2 * key + in_nucleus
-    order = np.argsort(key, kind="stable")
-    ordered = key[order]
-    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
-    run_cell = ordered[starts] >> 1 if nuclei is not None else ordered[starts]
-    pixels = foreground[order]
-    rows, cols = pixels // width, pixels % width
     exact = np.issubdtype(image.dtype, np.integer) or image.dtype == np.bool_
-    values = image.reshape(n_channels, height * width)[:, pixels]
-    run_sums = np.add.reduceat(values, starts, axis=1, dtype=np.int64 if exact else np.float64)
-    run_sums = run_sums.T.astype(np.float64)
-    run_count = np.diff(np.r_[starts, pixels.size])
-
-    def per_cell(run_values: np.ndarray, reduce: np.ufunc, start: float) -> np.ndarray:
-        out = np.full((n, *run_values.shape[1:]), start, dtype=run_values.dtype)
-        reduce.at(out, run_cell, run_values)
-        return out
-
-    count = per_cell(run_count, np.add, 0)
-    y0, x0 = origin
-    parts = {"label": ids, "count": count, "sum": per_cell(run_sums, np.add, 0)}
-    parts.update(_coordinate_sums(rows, cols, starts, per_cell, y0, x0, count))
-    for name, coords, reduce, start, offset in (
-        ("min_y", rows, np.minimum, height, y0),
-        ("min_x", cols, np.minimum, width, x0),
-        ("max_y", rows, np.maximum, -1, y0 + 1),
-        ("max_x", cols, np.maximum, -1, x0 + 1),
-    ):
-        parts[name] = per_cell(reduce.reduceat(coords, starts), reduce, start) + offset
+    accumulator = np.int64 if exact else np.float64
+    pixels = np.ascontiguousarray(image.reshape(n_channels, height * width))
+    if pixels.dtype == np.bool_:
+        pixels = pixels.view(np.uint8)
+    in_nucleus = np.zeros(0, np.bool_) if nuclei is None else nuclei.ravel() > 0
+    count = np.zeros(n, np.int64)
+    sums = np.zeros((n, n_channels), accumulator)
+    coords = np.zeros((n, 5), np.int64)
+    box = np.empty((n, 4), np.int64)
+    box[:, :2], box[:, 2:] = np.iinfo(np.int64).max, -1
+    nuc_count = np.zeros(n, np.int64)
+    nuc_sums = np.zeros((n, n_channels) if nuclei is not None else (0, 0), accumulator)
+    cell_sums(index, width, pixels, in_nucleus, int(origin[0]), int(origin[1]),
+              count, sums, coords, box, nuc_count, nuc_sums)
+    parts = {
+        "label": ids, "count": count, "sum": sums.astype(np.float64),
+        "sum_y": coords[:, 0], "sum_x": coords[:, 1],
+        "sum_yy": coords[:, 2], "sum_xx": coords[:, 3], "sum_xy": coords[:, 4],
+        "min_y": box[:, 0], "min_x": box[:, 1], "max_y": box[:, 2] + 1, "max_x": box[:, 3] + 1,
+    }
     if nuclei is not None:
-        inside = (ordered[starts] & 1).astype(bool)
-        nuc_count = np.zeros(n, np.int64)
-        nuc_count[run_cell[inside]] = run_count[inside]
-        nuc_sum = np.zeros((n, n_channels))
-        nuc_sum[run_cell[inside]] = run_sums[inside]
-        parts["nuc_count"], parts["nuc_sum"] = nuc_count, nuc_sum
-        cells, nucleus_ids = flat[foreground][in_nucleus], nuclei.ravel()[foreground][in_nucleus]
+        parts["nuc_count"], parts["nuc_sum"] = nuc_count, nuc_sums.astype(np.float64)
+        flat = labels.ravel()
+        cells, nucleus_ids = flat[in_nucleus & (index >= 0)], nuclei.ravel()[in_nucleus & (index >= 0)]
         codes = (cells.astype(np.uint64) << np.uint64(32)) | nucleus_ids.astype(np.uint64)
         pair_codes, overlap = np.unique(codes, return_counts=True)
         parts["pairs"] = np.stack(
@@ -158,31 +144,6 @@ def block_partials(
             axis=1,
         )
     return parts
-
-
-def _coordinate_sums(
-    rows: np.ndarray, cols: np.ndarray, starts: np.ndarray,
-    per_cell: Callable[[np.ndarray, np.ufunc, float], np.ndarray],
-    y0: int, x0: int, count: np.ndarray,
-) -> dict[str, np.ndarray]:
-    """Exact int64 sums of global coordinates and their products per cell.
-
-    Sums of block-local coordinates (``rows``, ``cols`` in run order) are
-    taken in int64 and moved to global coordinates, so they are exact.
-    """
-    def total(values: np.ndarray) -> np.ndarray:
-        return per_cell(np.add.reduceat(values, starts), np.add, 0)
-
-    sy, sx = total(rows), total(cols)
-    syy, sxx, sxy = total(rows * rows), total(cols * cols), total(rows * cols)
-    oy, ox = np.int64(y0), np.int64(x0)
-    return {
-        "sum_y": sy + oy * count,
-        "sum_x": sx + ox * count,
-        "sum_yy": syy + 2 * oy * sy + oy * oy * count,
-        "sum_xx": sxx + 2 * ox * sx + ox * ox * count,
-        "sum_xy": sxy + oy * sx + ox * sy + oy * ox * count,
-    }
 
 
 def _runs(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -1,10 +1,11 @@
-"""Per-cell shape descriptors: vectorised kernels, and the convex-hull set on crops.
+"""Per-cell shape descriptors: per-block partials, and the convex-hull set on crops.
 
 The default descriptors need no loop over cells. Moment features
 (:func:`moment_features`) come from per-label coordinate sums that merge
 across blocks; the perimeter (:func:`perimeter_partials`) is skimage's
 4-neighbourhood estimate, a sum of per-pixel weights, so each block adds the
-weights of its own pixels. Both equal :func:`skimage.measure.regionprops` of
+weights of its own pixels (one compiled pass,
+:func:`~tiled_seg.measure._kernels.perimeter_weights`). Both equal :func:`skimage.measure.regionprops` of
 the same names (``perimeter``, ``eccentricity``, ``orientation``,
 ``axis_major_length``, ``axis_minor_length``).
 
@@ -31,7 +32,8 @@ import math
 import numpy as np
 from skimage.measure import label, regionprops
 
-from tiled_seg.measure._intensity import group_ids
+from tiled_seg.measure._intensity import label_index
+from tiled_seg.measure._kernels import perimeter_weights
 from tiled_seg.tiling import Box
 
 __all__ = [
@@ -64,18 +66,6 @@ _PERIMETER_WEIGHTS[[5, 7, 15, 17, 25, 27]] = 1.0
 _PERIMETER_WEIGHTS[[21, 33]] = math.sqrt(2)
 _PERIMETER_WEIGHTS[[13, 23]] = (1 + math.sqrt(2)) / 2
 
-#: Neighbour offsets and their code weights in skimage's perimeter kernel.
-_PERIMETER_KERNEL = (
-    (-1, -1, 10), (-1, 0, 2), (-1, 1, 10),
-    (0, -1, 2), (0, 1, 2),
-    (1, -1, 10), (1, 0, 2), (1, 1, 10),
-)
-
-
-def _shifted(padded: np.ndarray, dy: int, dx: int, box: Box) -> np.ndarray:
-    """``padded`` (padded by 1 px) shifted by ``(dy, dx)`` over ``box`` of the unpadded array."""
-    return padded[box.y0 + 1 + dy : box.y1 + 1 + dy, box.x0 + 1 + dx : box.x1 + 1 + dx]
-
 
 def perimeter_partials(labels: np.ndarray, core: Box) -> tuple[np.ndarray, np.ndarray]:
     """skimage's perimeter of every label, summed over the pixels in ``core``.
@@ -102,28 +92,13 @@ def perimeter_partials(labels: np.ndarray, core: Box) -> tuple[np.ndarray, np.nd
     perimeter : ndarray of float64
         Their perimeter contributions (px).
     """
-    height, width = labels.shape
-    near = core.grow(1, (height, width))
-    padded = np.pad(labels, 1)
-    centre = _shifted(padded, 0, 0, near)
-    border = centre > 0
-    inner = np.zeros_like(border)
-    for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1)):
-        inner |= _shifted(padded, dy, dx, near) != centre
-    border &= inner
-    border_padded = np.zeros((height + 2, width + 2), dtype=bool)
-    border_padded[near.y0 + 1 : near.y1 + 1, near.x0 + 1 : near.x1 + 1] = border
-    own = _shifted(padded, 0, 0, core)
-    own_border = _shifted(border_padded, 0, 0, core)
-    code = np.ones(own.shape, dtype=np.intp)
-    for dy, dx, weight in _PERIMETER_KERNEL:
-        same = _shifted(border_padded, dy, dx, core) & (_shifted(padded, dy, dx, core) == own)
-        code += weight * same
-    ids = own[own_border].astype(np.int64)
+    own_border, weight = perimeter_weights(
+        np.pad(labels, 2), core.y0, core.y1, core.x0, core.x1, _PERIMETER_WEIGHTS
+    )
+    ids, index = label_index(labels[core.slices][own_border])
     if ids.size == 0:
         return ids, np.zeros(0)
-    unique, inverse = group_ids(ids)
-    return unique, np.bincount(inverse, weights=_PERIMETER_WEIGHTS[code[own_border]], minlength=unique.size)
+    return ids, np.bincount(index, weights=weight[own_border], minlength=ids.size)
 
 
 def moment_features(sums: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -190,6 +191,40 @@ def measure_arrays(
     return table
 
 
+def _write_parquet_tables(
+    table: pd.DataFrame, edges: pd.DataFrame, table_path: str, edges_path: str,
+    provenance: dict[str, Any], overwrite: bool,
+) -> dict[str, str]:
+    """The cell and edge tables as Parquet files; their paths by kind."""
+    return {
+        "parquet": write_parquet(table, table_path, metadata=table_metadata(table, **provenance),
+                                 overwrite=overwrite),
+        "neighbours": write_parquet(edges, edges_path, metadata=table_metadata(edges, **provenance),
+                                    overwrite=overwrite),
+    }
+
+
+def _write_anndata(
+    table: pd.DataFrame, edges: pd.DataFrame, names: list[str], labels: str,
+    config: dict[str, Any] | None, neighbours: str, store: str, table_name: str,
+    into_store: bool, h5ad: str | Path | None, overwrite: bool,
+) -> dict[str, str]:
+    """The AnnData table into the store (``into_store``) and / or ``h5ad``; paths by kind."""
+    adata = to_anndata(table, names, f"labels/{labels}", edges, config, distance_kind=_EDGE_KIND[neighbours])
+    paths: dict[str, str] = {}
+    if into_store:
+        paths["anndata"] = write_anndata_zarr(adata, store, table_name, region=f"labels/{labels}",
+                                              overwrite=overwrite)
+    if h5ad is not None:
+        target = Path(h5ad)
+        if target.exists() and not overwrite:
+            raise OutputExistsError(f"{target} exists; pass --overwrite to replace it.")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        adata.write_h5ad(target)
+        paths["h5ad"] = str(target)
+    return paths
+
+
 def measure_store(
     store: str | Path,
     labels: str = "cells",
@@ -305,33 +340,27 @@ def measure_store(
                 raise OutputExistsError(f"{planned[kind]} exists; pass --overwrite to replace it.")
     table, measured = _measure(job, names, slide.pixel_size_um, morphology, block_px, progress)
     edges = edge_table(measured, table, slide.pixel_size_um, distance_um, neighbours)
+    # The merged partials are as large as the table; drop them before the writes.
+    del measured
     paths: dict[str, str] = {}
-    if "parquet" in outputs:
-        provenance: dict[str, Any] = dict(pixel_size_um=slide.pixel_size_um, source_image=slide.path,
-                                          labels=f"labels/{labels}", config=config)
-        paths["parquet"] = write_parquet(
-            table, planned["parquet"], metadata=table_metadata(table, **provenance),
-            overwrite=overwrite,
-        )
-        paths["neighbours"] = write_parquet(
-            edges, join(tables_dir, f"{table_name}_neighbours.parquet"),
-            metadata=table_metadata(edges, **provenance), overwrite=overwrite,
-        )
-    if "anndata" in outputs or h5ad is not None:
-        adata = to_anndata(
-            table, names, f"labels/{labels}", edges, config, distance_kind=_EDGE_KIND[neighbours]
-        )
-        if "anndata" in outputs:
-            paths["anndata"] = write_anndata_zarr(
-                adata, store, table_name, region=f"labels/{labels}", overwrite=overwrite
+    # The Parquet files are written on a thread beside the AnnData: both
+    # spend most of their time in compression and I/O outside the GIL.
+    with ThreadPoolExecutor(max_workers=1) as parquet_writer:
+        parquet = None
+        if "parquet" in outputs:
+            provenance: dict[str, Any] = dict(pixel_size_um=slide.pixel_size_um, source_image=slide.path,
+                                              labels=f"labels/{labels}", config=config)
+            parquet = parquet_writer.submit(
+                _write_parquet_tables, table, edges, planned["parquet"],
+                join(tables_dir, f"{table_name}_neighbours.parquet"), provenance, overwrite,
             )
-        if h5ad is not None:
-            target = Path(h5ad)
-            if target.exists() and not overwrite:
-                raise OutputExistsError(f"{target} exists; pass --overwrite to replace it.")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            adata.write_h5ad(target)
-            paths["h5ad"] = str(target)
+        if "anndata" in outputs or h5ad is not None:
+            paths.update(_write_anndata(
+                table, edges, names, labels, config, neighbours, store, table_name,
+                "anndata" in outputs, h5ad, overwrite,
+            ))
+        if parquet is not None:
+            paths.update(parquet.result())
     if steinbock_dir is not None:
         frames = steinbock_tables(
             table, names, edges, slide.pixel_size_um, distance_kind=_EDGE_KIND[neighbours]

@@ -21,7 +21,7 @@ import dask.array as da
 import numpy as np
 from skimage.segmentation import expand_labels
 
-from tiled_seg.blocks import Progress
+from tiled_seg.blocks import Progress, shared
 from tiled_seg.errors import AxesError, ConfigError, InputFormatError, PixelSizeError
 from tiled_seg.io.ngff import label_array, open_slide, write_labels
 from tiled_seg.io.regions import RegionReader
@@ -92,7 +92,8 @@ def expand_labels_blocks(
         raise ConfigError(f"expansion distance must be a finite number >= 0 px; got {distance_px}.")
     blocks = plan_blocks(labels.shape_yx, labels.chunk_yx, block_px)
     task = dask.delayed(expand_block, pure=True)
-    pieces = {(b.y0, b.x0): da.from_delayed(task(labels, b, distance_px), b.shape, dtype) for b in blocks}
+    labels_key = shared(labels)
+    pieces = {(b.y0, b.x0): da.from_delayed(task(labels_key, b, distance_px), b.shape, dtype) for b in blocks}
     rows = sorted({b.y0 for b in blocks})
     cols = sorted({b.x0 for b in blocks})
     return da.block([[pieces[(y, x)] for x in cols] for y in rows])

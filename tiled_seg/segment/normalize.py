@@ -15,7 +15,7 @@ import dask.array as da
 import numpy as np
 from skimage.filters import threshold_otsu
 
-from tiled_seg.blocks import Progress, compute_blocks, tree_reduce
+from tiled_seg.blocks import Progress, compute_blocks, shared, tree_reduce
 from tiled_seg.io.regions import RegionReader
 from tiled_seg.tiling import Box, plan_blocks
 
@@ -135,7 +135,8 @@ def _over_blocks(
     """``kernel`` on every block of ``reader`` (direct reads), merged with ``combine``."""
     task = dask.delayed(_on_block, pure=True)
     blocks = plan_blocks(reader.shape_yx, reader.chunk_yx)
-    leaves = [task(reader, box, kernel, *args) for box in blocks]
+    reader_key = shared(reader)
+    leaves = [task(reader_key, box, kernel, *args) for box in blocks]
     return compute_blocks(leaves, tree_reduce(leaves, combine), stage, progress)
 
 
