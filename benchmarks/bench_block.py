@@ -13,24 +13,17 @@ kernel of the block at (1024, 1024) of side 1024 px, and of the whole
 from __future__ import annotations
 
 import argparse
-import time
+import sys
+from pathlib import Path
 
-import numpy as np
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_chunks import _median_s  # noqa: E402
 
-from tiled_seg.io.ngff import label_array, open_slide
-from tiled_seg.io.regions import RegionReader
-from tiled_seg.measure import MeasureJob, block_partials, perimeter_partials, touching_pairs
-from tiled_seg.measure._blocks import measure_block_task
-from tiled_seg.tiling import Box
-
-
-def _median_s(function, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - started)
-    return float(np.median(times))
+from tiled_seg.io.ngff import label_array, open_slide  # noqa: E402
+from tiled_seg.io.regions import RegionReader  # noqa: E402
+from tiled_seg.measure import MeasureJob, block_partials, perimeter_partials, touching_pairs  # noqa: E402
+from tiled_seg.measure._blocks import measure_block_task  # noqa: E402
+from tiled_seg.tiling import Box  # noqa: E402
 
 
 def main() -> None:
