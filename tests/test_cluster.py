@@ -15,6 +15,7 @@ from distributed import Client, LocalCluster
 
 from tiled_seg._cli import main
 from tiled_seg.cluster import (
+    WORKER_ALLOCATOR_ENV,
     cluster_config,
     connect,
     count_gpus,
@@ -154,6 +155,7 @@ def test_slurm_job_script_has_queue_account_walltime_and_gres():
     assert "#SBATCH --gres=gpu:2" in script and "#SBATCH --qos=normal" in script
     assert "--resources GPU=1" in script and "--nworkers 2" in script
     assert "module load cuda" in script
+    assert script.index("export MALLOC_MMAP_THRESHOLD_=8388608") < script.index("module load cuda")
 
 
 def test_slurm_refuses_fewer_cores_than_workers():
@@ -174,8 +176,32 @@ def test_kubernetes_spec_limits_gpus_on_workers_only():
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert "GPU=1" in container["args"]
     assert {"name": "AWS_ENDPOINT_URL", "value": "http://s3"} in container["env"]
+    assert {"name": "MALLOC_TRIM_THRESHOLD_", "value": str(64 * 2**20)} in container["env"]
     scheduler = spec["spec"]["scheduler"]["spec"]["containers"][0]
     assert "nvidia.com/gpu" not in json.dumps(scheduler["resources"])
+
+
+def _allocator_env() -> dict[str, str | None]:
+    import os
+
+    return {name: os.environ.get(name) for name in WORKER_ALLOCATOR_ENV}
+
+
+def test_local_workers_start_with_the_allocator_settings(monkeypatch):
+    for name in WORKER_ALLOCATOR_ENV:
+        monkeypatch.delenv(name, raising=False)
+    with connect(workers=1) as client:
+        (worker_env,) = client.run(_allocator_env).values()
+    assert worker_env == WORKER_ALLOCATOR_ENV
+
+
+def test_allocator_setting_in_the_environment_wins(monkeypatch):
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    with connect(workers=1) as client:
+        (worker_env,) = client.run(_allocator_env).values()
+    assert worker_env["MALLOC_TRIM_THRESHOLD_"] == "65536"
+    assert worker_env["MALLOC_MMAP_THRESHOLD_"] == WORKER_ALLOCATOR_ENV["MALLOC_MMAP_THRESHOLD_"]
 
 
 def test_cluster_section_in_run_config():

@@ -120,8 +120,8 @@ def edge_table(
         {
             "cell_a": np.r_[touching[:, 0], near_a].astype(np.int64),
             "cell_b": np.r_[touching[:, 1], near_b].astype(np.int64),
-            "kind": pd.Categorical(
-                ["touching"] * len(touching) + [kind] * len(near_a),
+            "kind": pd.Categorical.from_codes(
+                np.repeat(np.array([0, 1], np.int8), [len(touching), len(near_a)]),
                 categories=["touching", kind],
             ),
             "distance_um": np.r_[touch_distance, distances],
