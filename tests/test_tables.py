@@ -7,11 +7,13 @@ import warnings
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 import zarr
 
 from tiled_seg import __version__
 from tiled_seg.errors import InputNotFoundError, OutputExistsError
+from tiled_seg.io import tables
 from tiled_seg.io.ngff import write_image
 from tiled_seg.io.tables import (
     list_tables,
@@ -65,6 +67,17 @@ def test_parquet_round_trip(tmp_path) -> None:
         write_parquet(table, path)
     with pytest.raises(InputNotFoundError):
         read_parquet(tmp_path / "missing.parquet")
+
+
+def test_parquet_written_in_row_groups_reads_back_whole(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(tables, "PARQUET_ROW_GROUP", 2)
+    table = _table().assign(kind=pd.Categorical.from_codes([0, 1, 1, 0, 1], ["a", "b"]))
+    path = write_parquet(table, tmp_path / "cells.parquet", metadata={"tiled_seg.source": "x"})
+    assert pq.ParquetFile(path).num_row_groups == 3
+    pd.testing.assert_frame_equal(read_parquet(path), table)
+    assert read_parquet_metadata(path)["tiled_seg.source"] == "x"
+    empty = read_parquet(write_parquet(table.iloc[:0], tmp_path / "empty.parquet"))
+    assert list(empty.columns) == list(table.columns) and len(empty) == 0
 
 
 @pytest.mark.slow

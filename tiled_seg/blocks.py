@@ -7,7 +7,9 @@ reads, and merges the small per-block results in a fixed tree
 (:func:`tree_reduce`), so the result does not depend on the order tasks
 finish. :func:`compute_blocks` runs such a graph on the current distributed
 client, reporting ``progress(stage, done, total)`` as blocks finish, or on
-dask's local scheduler when there is no client.
+dask's local scheduler when there is no client. Results that grow with the
+slide's cells are merged by the caller instead, as they arrive
+(:func:`gather_reduce`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ import dask.array as da
 import numpy as np
 from dask.delayed import Delayed
 
-__all__ = ["FAN_IN", "Progress", "compute_blocks", "shared", "store_blocks", "tree_reduce"]
+__all__ = [
+    "FAN_IN", "Progress", "compute_blocks", "gather_reduce", "shared", "store_blocks", "tree_reduce",
+]
 
 #: Called as ``progress(stage, done, total)`` while a stage's tasks finish.
 Progress = Callable[[str, int, int], None]
@@ -97,6 +101,41 @@ def compute_blocks(
     for done, _ in enumerate(as_completed(leaf_futures), start=1):
         progress(stage, done, total)
     return root_future.result()
+
+
+def gather_reduce(
+    leaves: Sequence[Delayed], combine: Callable[[list[T]], T], stage: str,
+    progress: Progress | None = None,
+) -> T:
+    """``combine`` of the values of ``leaves`` (in their order), merged by the caller.
+
+    For results that grow with the slide (per-cell partials), where a merge
+    mostly concatenates (few cells span blocks): a merge task would hold
+    all its inputs and their copy. Here each block's result is fetched as it
+    finishes and released on its worker, so a worker holds a few blocks'
+    results, whatever the slide's size, and the caller, which receives the
+    whole result anyway, merges once.
+
+    >>> gather_reduce([dask.delayed(i) for i in range(20)], sum, "sum")
+    190
+    """
+    client = _current_client()
+    if client is None:
+        return combine(list(dask.compute(*leaves)))
+    from distributed import as_completed
+
+    futures = client.compute(list(leaves))
+    position = {id(future): i for i, future in enumerate(futures)}
+    values: list[Any] = [None] * len(futures)
+    finished = as_completed(futures, with_results=True)
+    del futures
+    if progress is not None:
+        progress(stage, 0, len(values))
+    for done, (future, value) in enumerate(finished, start=1):
+        values[position[id(future)]] = value
+        if progress is not None:
+            progress(stage, done, len(values))
+    return combine(values)
 
 
 def _store_block(block: np.ndarray, target: Any, where: tuple[slice, ...]) -> int:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import anndata as ad
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -40,7 +41,8 @@ __all__ = [
     "list_tables",
 ]
 
-
+#: Rows per Parquet row group (and per Arrow conversion while writing).
+PARQUET_ROW_GROUP = 65_536
 
 
 def _check_free(path: str | Path, overwrite: bool) -> None:
@@ -117,14 +119,22 @@ def write_parquet(
     _check_free(path, overwrite)
     if not is_url(path):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-    arrow = pa.Table.from_pandas(table, preserve_index=False)
+    # Converted to Arrow one row group at a time: a whole-table conversion
+    # would hold a second copy of the table.
+    starts = range(0, max(len(table), 1), PARQUET_ROW_GROUP)
+    first = pa.Table.from_pandas(table.iloc[:PARQUET_ROW_GROUP], preserve_index=False)
+    schema = first.schema
     if metadata:
-        merged = dict(arrow.schema.metadata or {})
+        merged = dict(schema.metadata or {})
         merged.update({k.encode(): str(v).encode() for k, v in metadata.items()})
-        arrow = arrow.replace_schema_metadata(merged)
+        schema = schema.with_metadata(merged)
     fs, inner = filesystem(path)
-    with fs.open(inner, "wb") as handle:
-        pq.write_table(arrow, handle)
+    with fs.open(inner, "wb") as handle, pq.ParquetWriter(handle, schema) as writer:
+        for start in starts:
+            rows = first if start == 0 else pa.Table.from_pandas(
+                table.iloc[start : start + PARQUET_ROW_GROUP], schema=schema, preserve_index=False
+            )
+            writer.write_table(rows)
     return str(path)
 
 
@@ -182,12 +192,13 @@ def spatialdata_table(
         obs columns of the region and of the label ids.
     """
     element = region.rsplit("/", 1)[-1]
-    # A shallow copy: new obs and uns, the (large) matrices shared with ``adata``.
+    # A shallow copy: obs gets new columns, not new copies of the others;
+    # the (large) matrices are shared with ``adata``.
     table = ad.AnnData(
-        X=adata.X, obs=adata.obs.copy(), var=adata.var, uns=dict(adata.uns),
+        X=adata.X, obs=adata.obs.copy(deep=False), var=adata.var, uns=dict(adata.uns),
         obsm=dict(adata.obsm), obsp=dict(adata.obsp), layers=dict(adata.layers),
     )
-    table.obs[region_key] = pd.Categorical([element] * table.n_obs, categories=[element])
+    table.obs[region_key] = pd.Categorical.from_codes(np.zeros(table.n_obs, np.int8), [element])
     table.obs[instance_key] = table.obs[instance_key].astype("int64")
     table.uns["spatialdata_attrs"] = {
         "region": element, "region_key": region_key, "instance_key": instance_key,

@@ -1,7 +1,8 @@
-"""The dask layer: one task per block, merged in a fixed tree.
+"""The dask layer: one task per block, merged by the caller.
 
 Each block task reads its own region directly (:class:`RegionReader`) and
-returns small partials; only those cross between workers. Cells that span
+returns small partials; only those travel, to the caller, which merges them
+(:func:`~tiled_seg.blocks.gather_reduce`). Cells that span
 blocks are combined exactly (sums add, boxes take min / max), so the result
 equals a whole-image computation whatever the blocks.
 """
@@ -12,7 +13,7 @@ import dask
 import numpy as np
 import pandas as pd
 
-from tiled_seg.blocks import Progress, compute_blocks, shared, tree_reduce
+from tiled_seg.blocks import Progress, gather_reduce, shared
 from tiled_seg.errors import AxesError
 from tiled_seg.io.regions import RegionReader
 from tiled_seg.measure._blocks import (
@@ -66,7 +67,7 @@ def measure_blocks(
     task = dask.delayed(measure_block_task, pure=True)
     job_key = shared(job)
     leaves = [task(job_key, block) for block in blocks]
-    return compute_blocks(leaves, tree_reduce(leaves, combine_measurements), "measure", progress)
+    return gather_reduce(leaves, combine_measurements, "measure", progress)
 
 
 def _hull_task(labels: RegionReader, box: Box, ids: np.ndarray) -> pd.DataFrame:
@@ -118,5 +119,5 @@ def hull_features(
         leaves.append(task(labels_key, box, group["label"].to_numpy()))
     if not leaves:
         return pd.DataFrame({"label": np.zeros(0, np.int64)})
-    table = compute_blocks(leaves, tree_reduce(leaves, _concat), "morphology", progress)
+    table = gather_reduce(leaves, _concat, "morphology", progress)
     return table.sort_values("label", ignore_index=True)

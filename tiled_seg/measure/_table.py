@@ -127,7 +127,7 @@ def cell_table(
             columns[f"{name}{NUCLEAR_SUFFIX}"] = nuclear[:, index]
         for index, name in enumerate(channel_names):
             columns[f"{name}{CYTOPLASM_SUFFIX}"] = cytoplasm[:, index]
-    return pd.DataFrame(columns)
+    return pd.DataFrame(columns, copy=False)
 
 
 def _graph(edges: pd.DataFrame, kind: str, index: pd.Index, values: str | None) -> sparse.csr_matrix:
@@ -166,8 +166,8 @@ def to_anndata(
         "cytoplasm": [f"{n}{CYTOPLASM_SUFFIX}" for n in names],
     }
     channel_columns = set(names).union(*layer_columns.values())
-    obs = table[[c for c in table.columns if c not in channel_columns]].copy()
-    obs.insert(0, "region", pd.Categorical([region] * len(table)))
+    obs = table[[c for c in table.columns if c not in channel_columns]]
+    obs.insert(0, "region", pd.Categorical.from_codes(np.zeros(len(table), np.int8), [region]))
     obs.index = pd.Index(table["cell_id"].astype(str).to_numpy())
     adata = ad.AnnData(
         X=table[names].to_numpy(dtype=np.float64),
