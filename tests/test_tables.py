@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import warnings
+from pathlib import Path
 
+import anndata as ad
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
@@ -110,6 +112,28 @@ def test_anndata_in_store(tmp_path, version, zarr_format) -> None:
     assert read_anndata_zarr(store, "cells").n_obs == 2
     with pytest.raises(InputNotFoundError, match="present: cells"):
         read_anndata_zarr(store, "other")
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(f.relative_to(folder)): f.read_bytes() for f in folder.rglob("*") if f.is_file()}
+
+
+@pytest.mark.parametrize("version", ["0.5", "0.4"])
+def test_anndata_store_equals_anndatas_own_writer_byte_for_byte(tmp_path, monkeypatch, version) -> None:
+    """``uns``, stored in one batch, lays out exactly the files ``write_elem`` writes."""
+    config = {"tiling": {"tile_px": 1024, "halo": "auto"}, "cluster": {"slurm": {"cores": 8, "queue": None}},
+              "channels": ["DNA1", "CD3"], "measure": True}
+    adata = to_anndata(_table(), NAMES, "labels/cells", _edges(), config)
+    stores = {kind: tmp_path / f"{kind}.ome.zarr" for kind in ("batched", "anndata")}
+    for store in stores.values():
+        write_image(store, np.zeros((2, 8, 8), np.uint8), NAMES, 1.0, ngff_version=version)
+    write_anndata_zarr(adata, stores["batched"], "cells", region="labels/cells")
+    monkeypatch.setattr(tables, "_write_table", lambda parent, name, table: ad.io.write_elem(parent, name, table))
+    write_anndata_zarr(adata, stores["anndata"], "cells", region="labels/cells")
+    batched, reference = (_files(stores[kind] / "tables") for kind in ("batched", "anndata"))
+    assert any(name.startswith("cells/uns/config/cluster/slurm/") for name in reference)
+    assert batched == reference
+    assert read_anndata_zarr(stores["batched"], "cells").uns["config"]["tiling"]["tile_px"] == 1024
 
 
 def test_parquet_metadata_and_units(tmp_path) -> None:

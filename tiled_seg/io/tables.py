@@ -11,6 +11,7 @@ format.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import warnings
 from pathlib import Path
@@ -22,6 +23,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import zarr
+from zarr.abc.store import Store
+from zarr.core.buffer import Buffer
+from zarr.core.sync import sync
+from zarr.storage import MemoryStore
 
 from tiled_seg import __version__
 from tiled_seg.config import DEFAULT_TABLE, redact_secrets
@@ -208,6 +213,35 @@ def spatialdata_table(
     return table
 
 
+async def _store_all(store: Store, prefix: str, files: dict[str, Buffer]) -> None:
+    await asyncio.gather(*(store.set(f"{prefix}/{key}", value) for key, value in files.items()))
+
+
+def _write_table(parent: zarr.Group, name: str, table: ad.AnnData) -> None:
+    """``ad.io.write_elem(parent, name, table)``, with ``uns`` stored in one batch.
+
+    anndata writes every value of a nested dict as its own array, one store
+    round trip each: the run configuration in ``uns`` alone took 2.2 s of a
+    6.4 s table write (57k cells, local disk). ``uns`` is written into memory
+    first (it is small) and its files are then stored concurrently; the
+    layout is the one ``write_elem`` writes.
+    """
+    table_path = f"{parent.path}/{name}".strip("/")
+
+    def write(func: Any, group: zarr.Group, key: str, elem: Any, dataset_kwargs: Any, iospec: Any) -> None:
+        if key.strip("/") != "uns" or group.path != table_path:
+            func(group, key, elem, dataset_kwargs=dataset_kwargs)
+            return
+        files: dict[str, Buffer] = {}
+        memory = zarr.open_group(MemoryStore(files), mode="w", zarr_format=parent.metadata.zarr_format)
+        func(memory, "uns", elem, dataset_kwargs=dataset_kwargs)
+        # The memory root's own metadata is not part of the element.
+        element = {k: v for k, v in files.items() if k.startswith("uns/")}
+        sync(_store_all(group.store, group.path, element))
+
+    ad.experimental.write_dispatched(parent, name, table, callback=write)
+
+
 def write_anndata_zarr(
     adata: ad.AnnData,
     store: str | Path,
@@ -261,7 +295,7 @@ def write_anndata_zarr(
     # written as an element (as SpatialData's writer does), not with
     # ``write_zarr``, which consolidates metadata that zarr v3 does not specify.
     with ad.settings.override(zarr_write_format=zarr_format, auto_shard_zarr_v3=False):
-        ad.io.write_elem(tables, name, table)
+        _write_table(tables, name, table)
     group = tables[name]
     group.attrs.update({
         "spatialdata-encoding-type": "ngff:regions_table",
