@@ -76,11 +76,11 @@ def test_nuclear_compartment_and_missing_membrane(random_weights: str) -> None:
 def test_models_load_once(random_weights: str) -> None:
     seg = cp_backend.CellposeSegmenter(dict(pretrained_model=random_weights, compartment="whole-cell", gpu=False,
              cell_diameter_um=30.0))
-    before = cp_backend.model_loads()
+    before = cp_backend.CellposeSegmenter.model_loads()
     nuclear, membrane = _blobs()
     for _ in range(2):
         seg.segment(nuclear[:48, :48], membrane[:48, :48], CONTEXT)
-    assert cp_backend.model_loads() - before == 1
+    assert cp_backend.CellposeSegmenter.model_loads() - before == 1
 
 
 def test_missing_weights_name_the_cache(tmp_path, monkeypatch) -> None:

@@ -41,7 +41,7 @@ def test_missing_package_names_the_extra(monkeypatch) -> None:
 @requires_data("models/unet2d_nuclei_broad/bioimageio.yaml")
 def test_model_loaded_once_for_many_calls() -> None:
     options = {"model": str(DATA / "models" / "unet2d_nuclei_broad"), "threshold": 0.45}
-    sessions, instances = onnx_backend.session_loads(), registry.load_count()
+    sessions, instances = onnx_backend.OnnxSegmenter.model_loads(), registry.load_count()
     context = SlideContext(pixel_size_um=1.0)
     tile = np.zeros((64, 64), np.float32)
     for _ in range(4):
@@ -49,4 +49,4 @@ def test_model_loaded_once_for_many_calls() -> None:
         segmenter.segment(tile, None, context)
     assert segmenter is get_segmenter("onnx", dict(options))
     assert registry.load_count() - instances == 1
-    assert onnx_backend.session_loads() - sessions == 1
+    assert onnx_backend.OnnxSegmenter.model_loads() - sessions == 1

@@ -132,12 +132,12 @@ def _assert_same(staged: dict, one_call: dict, at_least: int) -> None:
 def test_onnx_staged_equals_one_call(accelerator_client, slide, tmp_path, monkeypatch) -> None:
     from tiled_seg.segment.backends import onnx
 
-    before = onnx.session_loads()
+    before = onnx.OnnxSegmenter.model_loads()
     options = {"model": str(ONNX_MODEL), "window_px": 64}
     staged, one_call = _staged_and_one_call(accelerator_client, slide, tmp_path, monkeypatch, "onnx", options)
     _assert_same(staged, one_call, at_least=20)
     # One process holds both workers and the registry's one instance: one session in all.
-    assert onnx.session_loads() - before <= 1
+    assert onnx.OnnxSegmenter.model_loads() - before <= 1
 
 
 @pytest.mark.slow
@@ -159,23 +159,23 @@ def test_cellpose3_staged_equals_one_call(accelerator_client, tmp_path, monkeypa
     from tiled_seg.segment.backends import cellpose
 
     small = make_slide(tmp_path / "small.ome.zarr", size=(128, 256), seed=3, chunk_px=64)
-    before = cellpose.model_loads()
+    before = cellpose.CellposeSegmenter.model_loads()
     options = {"pretrained_model": cellpose_weights, "compartment": "whole-cell", "gpu": False,
                "flow_threshold": 0.0, "cell_diameter_um": 40.0}
     staged, one_call = _staged_and_one_call(accelerator_client, small, tmp_path, monkeypatch, "cellpose", options)
     _assert_same(staged, one_call, at_least=2)
-    assert cellpose.model_loads() - before <= 1
+    assert cellpose.CellposeSegmenter.model_loads() - before <= 1
 
 
 @pytest.mark.slow
 def test_mesmer_staged_equals_one_call(accelerator_client, slide, tmp_path, monkeypatch, map_model) -> None:
     from tiled_seg.segment.backends import mesmer
 
-    before = mesmer.model_loads()
+    before = mesmer.MesmerSegmenter.model_loads()
     options = {"model_path": str(map_model), "use_deepcell_package": False, "window_px": 64}
     staged, one_call = _staged_and_one_call(accelerator_client, slide, tmp_path, monkeypatch, "mesmer", options)
     _assert_same(staged, one_call, at_least=1)
-    assert mesmer.model_loads() - before <= 1
+    assert mesmer.MesmerSegmenter.model_loads() - before <= 1
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from tiled_seg.pipeline import check_run, run
 from tiled_seg.quality.evaluate import match_labels
 from tiled_seg.segment.backends import SlideContext, get_segmenter_class
 from tiled_seg.segment.backends.base import predict_tiles
-from tiled_seg.segment.backends.stardist import StardistSegmenter, find_model, grow_cells, model_loads
+from tiled_seg.segment.backends.stardist import StardistSegmenter, find_model, grow_cells
 from tiled_seg.synth import make_slide, make_stardist_model, synth_arrays
 
 PIXEL_SIZE_UM = 0.5
@@ -174,9 +174,9 @@ def test_pipeline_tiled_equals_one_tile_and_one_call(model_dir, accelerator_clie
         result = run(slide.path, config, output=tmp_path / f"{name}.zarr", client=accelerator_client)
         return {kind: np.asarray(read_labels(result.store, kind).compute()) for kind in ("cells", "nuclei")}
 
-    loads = model_loads()
+    loads = StardistSegmenter.model_loads()
     tiled, whole = labels(128, "tiled"), labels(256, "whole")
-    assert model_loads() - loads <= 1
+    assert StardistSegmenter.model_loads() - loads <= 1
     assert int(whole["nuclei"].max()) >= 20
     for kind in ("cells", "nuclei"):
         # The same partition: every (tiled, whole) id pair occurs once.

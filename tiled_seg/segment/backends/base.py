@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import threading
 from abc import ABC
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, Sequence, TypeVar, cast
 
@@ -97,6 +98,10 @@ OptionsT = TypeVar("OptionsT", bound=BackendOptions)
 #: :attr:`Segmenter.model` before :meth:`Segmenter.load_model` ran.
 _NOT_LOADED = object()
 
+#: Models loaded in this process, by backend name (see :meth:`Segmenter.model_loads`).
+_model_loads: Counter[str] = Counter()
+_model_loads_lock = threading.Lock()
+
 
 class Segmenter(ABC, Generic[OptionsT]):
     """A segmentation backend.
@@ -161,7 +166,18 @@ class Segmenter(ABC, Generic[OptionsT]):
         with self._model_lock:
             if self._model is _NOT_LOADED:
                 self._model = self.load_model()
+                with _model_loads_lock:
+                    _model_loads[type(self).name] += 1
         return self._model
+
+    @classmethod
+    def model_loads(cls) -> int:
+        """How many times this process has loaded this backend's model (for tests).
+
+        One per instance whose :attr:`model` was used; the registry keeps one
+        instance per backend and options in each worker process.
+        """
+        return _model_loads[cls.name]
 
     def staged(self) -> bool:
         """Whether this backend runs its network in a separate predict stage.

@@ -60,10 +60,7 @@ from tiled_seg.segment.backends.base import (
     SlideContext,
 )
 
-__all__ = ["CellposeOptions", "CellposeSegmenter", "cellpose_major_version", "model_loads"]
-
-_loads = 0
-_loads_lock = threading.Lock()
+__all__ = ["CellposeOptions", "CellposeSegmenter", "cellpose_major_version"]
 
 
 class CellposeOptions(BackendOptions):
@@ -106,11 +103,6 @@ def cellpose_major_version() -> int:
             "the cellpose backend needs Cellpose; install it with "
             "`pip install 'tiled-seg[cellpose]'`."
         ) from error
-
-
-def model_loads() -> int:
-    """How many Cellpose networks this process has built (for tests)."""
-    return _loads
 
 
 def _cache_dir() -> Path:
@@ -173,7 +165,6 @@ class CellposeSegmenter(Segmenter[CellposeOptions]):
 
     def load_model(self) -> dict[str, Any]:
         """The Cellpose models this compartment needs, by network (``cell``, ``nuclear``)."""
-        global _loads
         try:
             from cellpose import models
         except ImportError as error:
@@ -191,8 +182,6 @@ class CellposeSegmenter(Segmenter[CellposeOptions]):
                 # per tile on CPU); plain PyTorch kernels are faster here.
                 key = "model_type" if builtin else "pretrained_model"
                 built[role] = models.CellposeModel(gpu=gpu, mkldnn=False, **{key: target})
-            with _loads_lock:
-                _loads += 1
         return built
 
     def _eval(self, model: Any, image: np.ndarray, diameter_px: float, channels: list[int]) -> np.ndarray:

@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import os
 import tarfile
-import threading
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -66,14 +65,12 @@ from tiled_seg.segment.backends.base import (
     predict_tiles,
 )
 
-__all__ = ["MesmerOptions", "MesmerSegmenter", "find_model", "load_keras_model", "model_loads"]
+__all__ = ["MesmerOptions", "MesmerSegmenter", "find_model", "load_keras_model"]
 
 ENV_MODEL = "TILED_SEG_MESMER_MODEL"
 MODEL_NAME = "MultiplexSegmentation"
 MODEL_ARCHIVE = "MultiplexSegmentation-9.tar.gz"
 DEEPCELL_CACHE = Path("~/.deepcell/models")
-_loads = 0
-_loads_lock = threading.Lock()
 
 
 class MesmerOptions(BackendOptions):
@@ -167,7 +164,6 @@ def _extract(archive: Path) -> Path:
 
 def load_keras_model(path: Path) -> Any:
     """Load a legacy Keras SavedModel with tf-keras (TensorFlow >= 2.16)."""
-    global _loads
     try:
         import tensorflow as tf
         import tf_keras
@@ -178,14 +174,7 @@ def load_keras_model(path: Path) -> Any:
         ) from error
     allow_memory_growth(tf)
     model = tf_keras.models.load_model(str(path), compile=False)
-    with _loads_lock:
-        _loads += 1
     return model
-
-
-def model_loads() -> int:
-    """How many Mesmer models this process has loaded (for tests)."""
-    return _loads
 
 
 def _deepcell_available() -> bool:

@@ -61,13 +61,10 @@ __all__ = [
     "OnnxSegmenter",
     "ModelDescription",
     "read_description",
-    "session_loads",
 ]
 
 ENV_MODEL = "TILED_SEG_ONNX_MODEL"
 _DESCRIPTION_NAMES = ("bioimageio.yaml", "rdf.yaml")
-_loads = 0
-_loads_lock = threading.Lock()
 
 
 class OnnxOptions(BackendOptions):
@@ -346,11 +343,6 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def session_loads() -> int:
-    """How many ONNX sessions this process has created (for tests)."""
-    return _loads
-
-
 class OnnxSegmenter(Segmenter[OnnxOptions]):
     """Nuclei from a bioimage.io ONNX foreground model plus a marker watershed."""
 
@@ -386,7 +378,6 @@ class OnnxSegmenter(Segmenter[OnnxOptions]):
 
     def load_model(self) -> tuple[Any, ModelDescription]:
         """The ONNX session and the model description."""
-        global _loads
         options = self.options
         description = self.description()
         if not description.weights.is_file():
@@ -412,8 +403,6 @@ class OnnxSegmenter(Segmenter[OnnxOptions]):
         session = onnxruntime.InferenceSession(
             str(description.weights), sess_options=settings, providers=providers
         )
-        with _loads_lock:
-            _loads += 1
         return session, description
 
 

@@ -75,12 +75,10 @@ from tiled_seg.segment.backends.base import (
     SlideContext,
 )
 
-__all__ = ["StardistOptions", "StardistSegmenter", "find_model", "grow_cells", "model_loads"]
+__all__ = ["StardistOptions", "StardistSegmenter", "find_model", "grow_cells"]
 
 ENV_MODEL = "TILED_SEG_STARDIST_MODEL"
 _WEIGHTS_PATTERNS = ("*.h5", "*.hdf5")
-_loads = 0
-_loads_lock = threading.Lock()
 
 
 class StardistOptions(BackendOptions):
@@ -156,11 +154,6 @@ def find_model(model: str | None = None) -> Path:
     return folder
 
 
-def model_loads() -> int:
-    """How many StarDist models this process has loaded (for tests)."""
-    return _loads
-
-
 def grow_cells(nuclei: np.ndarray, expansion_px: float) -> np.ndarray:
     """Cells as the nuclei grown by ``expansion_px``, each pixel to its nearest nucleus.
 
@@ -212,7 +205,6 @@ class StardistSegmenter(Segmenter[StardistOptions]):
 
     def load_model(self) -> Any:
         """The ``StarDist2D`` model of the folder (called once, by :attr:`model`)."""
-        global _loads
         folder = find_model(self.options.model)
         try:
             import tensorflow as tf
@@ -226,8 +218,6 @@ class StardistSegmenter(Segmenter[StardistOptions]):
         # StarDist prints which weights and thresholds it loaded.
         with contextlib.redirect_stdout(io.StringIO()):
             model = StarDist2D(None, name=folder.name, basedir=str(folder.parent))
-        with _loads_lock:
-            _loads += 1
         return model
 
     def _thresholds(self) -> dict[str, float]:
