@@ -1,4 +1,4 @@
-"""Block-task helpers: the merge by the caller keeps the leaves' order."""
+"""Block-task helpers: the merge by the caller, and arguments every block task shares."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import time
 
 import dask
 
-from tiled_seg.blocks import gather_reduce
+from tiled_seg.blocks import gather_reduce, shared
 
 
 def _slow_value(value: int, delay_s: float) -> int:
@@ -22,15 +22,35 @@ def _leaves(n: int) -> list:
 
 def test_gather_reduce_merges_in_leaf_order_on_a_cluster(client) -> None:
     reports = []
+    leaves = _leaves(6)
     with client.as_current():
-        merged = gather_reduce(_leaves(6), list, "blocks", lambda *report: reports.append(report))
+        merged = gather_reduce(leaves, list, "blocks", lambda *report: reports.append(report))
     assert merged == list(range(6))
     assert reports == [("blocks", done, 6) for done in range(7)]
+    keys = {leaf.key for leaf in leaves}
+
+    def held() -> set:
+        return keys & set(client.who_has())
+
     deadline = time.monotonic() + 10
-    while client.who_has() and time.monotonic() < deadline:
+    while held() and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not client.who_has(), "block results stayed on the workers after the merge"
+    assert not held(), "block results stayed on the workers after the merge"
 
 
 def test_gather_reduce_without_a_cluster_gives_the_same_merge() -> None:
     assert gather_reduce(_leaves(4), list, "blocks") == [0, 1, 2, 3]
+
+
+def test_shared_value_is_held_by_every_worker(client) -> None:
+    """A per-block argument on one worker would draw every block task there."""
+    with client.as_current():
+        key = shared({"reader": "job"})
+    assert set(client.who_has(key)[key.key]) == set(client.scheduler_info()["workers"])
+    assert key.result() == {"reader": "job"}
+
+
+def test_shared_value_without_a_cluster_is_one_graph_key() -> None:
+    task = dask.delayed(len, pure=True)
+    key = shared([1, 2, 3])
+    assert dask.compute(task(key), task(key)) == (3, 3)

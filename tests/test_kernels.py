@@ -96,3 +96,15 @@ def test_touching_pairs_equal_shifted_comparisons(connectivity) -> None:
     got = touching_pairs(labels, connectivity)
     assert [tuple(row) for row in got] == sorted(expected)
     assert len(expected) > 5
+
+
+def test_warm_block_task_compiles_the_kernels_for_the_slides_dtypes() -> None:
+    """What a run calls on each worker while it stitches: the kernels of these dtypes loaded."""
+    from tiled_seg.measure import _kernels, warm_block_task
+
+    warm_block_task("int16", "uint64")
+    def compiled_for(kernel, dtype: str) -> bool:
+        return any(f"Array({dtype}," in str(signature) for signature in kernel.signatures)
+
+    assert compiled_for(_kernels.cell_sums, "int16")
+    assert compiled_for(_kernels.label_range, "uint64") and compiled_for(_kernels.perimeter_weights, "uint64")

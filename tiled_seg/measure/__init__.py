@@ -11,6 +11,7 @@ from tiled_seg.measure._blocks import (
     combine_measurements,
     measure_block,
     measure_block_task,
+    warm_block_task,
 )
 from tiled_seg.measure._distributed import hull_features, measure_blocks
 from tiled_seg.measure._intensity import block_partials, combine_partials
@@ -44,6 +45,7 @@ __all__ = [
     "BlockMeasurements",
     "measure_block",
     "measure_block_task",
+    "warm_block_task",
     "combine_measurements",
     "measure_blocks",
     "hull_features",

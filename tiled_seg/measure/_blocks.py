@@ -21,7 +21,10 @@ from tiled_seg.measure._morphology import perimeter_partials
 from tiled_seg.measure._neighbours import border_pairs, closest_per_pair, touching_pairs, unique_pairs
 from tiled_seg.tiling import Box
 
-__all__ = ["BlockMeasurements", "MeasureJob", "combine_measurements", "measure_block", "measure_block_task"]
+__all__ = [
+    "BlockMeasurements", "MeasureJob", "combine_measurements", "measure_block", "measure_block_task",
+    "warm_block_task",
+]
 
 #: Halo (px) the perimeter needs: the border status of a pixel's neighbours.
 PERIMETER_HALO_PX = 2
@@ -137,6 +140,20 @@ def measure_block_task(job: MeasureJob, block: Box) -> BlockMeasurements:
         connectivity=job.connectivity,
         border_dmax_px=job.border_dmax_px,
     )
+
+
+def warm_block_task(image_dtype: str, labels_dtype: str = "uint32") -> None:
+    """Run :func:`measure_block` once on a tiny block of these dtypes.
+
+    A worker's first block task otherwise pays for importing the measurement
+    code and loading numba's compiled kernels, which are specialised by
+    dtype (0.6-1 s per worker on this project's machine); a run calls this
+    on every worker while it stitches, so the measure stage starts warm.
+    """
+    labels = np.zeros((8, 8), labels_dtype)
+    labels[2:5, 2:5], labels[5:7, 2:6] = 1, 2
+    core = Box(2, 6, 2, 6)
+    measure_block(labels, core, (0, 0), np.ones((1, 4, 4), image_dtype), labels[core.slices].copy())
 
 
 def combine_measurements(parts: list[BlockMeasurements]) -> BlockMeasurements:

@@ -17,13 +17,13 @@ from typing import Any, Iterator
 
 import numpy as np
 import pandas as pd
-from distributed import Client
+from distributed import Client, Future
 
 from tiled_seg.cluster import connect
 from tiled_seg.config import RunConfig
 from tiled_seg.io.fs import remove_tree
 from tiled_seg.io.ngff import write_labels
-from tiled_seg.measure import MeasureResult, measure_store
+from tiled_seg.measure import MeasureResult, measure_store, warm_block_task
 from tiled_seg.measure.redsea import compensate_store
 from tiled_seg.pipeline._checks import Inputs, Plan, check_h5ad, check_run, open_inputs, plan_run
 from tiled_seg.pipeline._lock import run_lock
@@ -207,6 +207,20 @@ def _expand(store: str, inputs: Inputs, radius_um: float, progress: Progress | N
     return f"{store}/labels/{out_names['cells']}"
 
 
+def _warm_measurement(client: Client, inputs: Inputs) -> list[Future]:
+    """Load the measurement code and kernels on every worker now (:func:`warm_block_task`).
+
+    Submitted when the tiles are done, after the pending tile matches (lower
+    priority), so it runs while the client plans the stitch.
+    """
+    dtype = str(inputs.slide.data.dtype)
+    return [
+        client.submit(warm_block_task, dtype, pure=False, workers=[address], allow_other_workers=False,
+                      priority=-10)
+        for address in client.scheduler_info()["workers"]
+    ]
+
+
 def _measure(
     store: str, inputs: Inputs, config: RunConfig, labels: dict[str, str],
     progress: Progress | None, h5ad: str | Path | None,
@@ -348,6 +362,9 @@ def _stages(
     with _timed(timings, "segment"):
         results = segment_tiles(client, job, plan.grid, progress, done, skip=skipped,
                                 on_tile=lambda result: matcher.add(result.index), schedule=_schedule(config))
+    # Fire and forget: released when the measure stage starts; a failure
+    # there would fail the measure stage's own tasks the same way.
+    warming = _warm_measurement(client, inputs) if config.measure else []
     with _timed(timings, "stitch"):
         stitch = matcher.plan([r.core_ids for r in results])
     with _timed(timings, "write"):
@@ -364,6 +381,7 @@ def _stages(
             "expand_nuclei_um (e.g. 4) to grow cells from the nuclei, or measure the "
             "nuclei with `tiled-seg measure STORE --labels nuclei --nuclei ''`.",
         )
+    del warming
     if config.measure and "cells" in labels:
         with _timed(timings, "measure"):
             measured = _measure(store, inputs, config, labels, progress, h5ad)
