@@ -30,7 +30,8 @@ host's load moves both alike); the other floors once.
 Ratios are the figures to read: ``measure / segment`` (goal <= 1),
 ``measure / read_zarr`` and ``blocks / read_zarr`` (goal <= 1.5), ``our_morphology / rp_morphology``
 (goal <= 1), ``wall / segmenter`` (goal <= 2). Peak memory is the summed
-RSS of this process and its workers during the run.
+RSS of this process and its workers during the run; ``peak_process_gib`` the
+largest single process (client or worker; the client grows with the cells).
 """
 
 from __future__ import annotations
@@ -83,7 +84,8 @@ def bench(size: int, channels: int, workers: int, tile_px: int, folder: Path, fl
             wall, result = _timed(lambda: run(path, config, client=client, overwrite=True))
         row.update(tiles=result.n_tiles, cells=result.n_cells, wall_s=wall,
                    segmenter_s=result.segment_seconds / workers,
-                   peak_total_gib=memory.peak_total / 2**30)
+                   peak_total_gib=memory.peak_total / 2**30,
+                   peak_process_gib=memory.peak_single / 2**30)
         row.update({f"{k}_s": v for k, v in result.timings.items()})
         slide = open_slide(path)
         if floors:

@@ -173,8 +173,7 @@ def load_keras_model(path: Path) -> Any:
             "install them with `pip install 'tiled-seg[mesmer]'`."
         ) from error
     allow_memory_growth(tf)
-    model = tf_keras.models.load_model(str(path), compile=False)
-    return model
+    return tf_keras.models.load_model(str(path), compile=False)
 
 
 def _deepcell_available() -> bool:
