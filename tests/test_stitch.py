@@ -313,3 +313,28 @@ def test_build_lookup_tables_validates_its_inputs():
         build_lookup_tables(grid, [np.array([1])], {})
     with pytest.raises(TileLayoutError, match="not a pair of tile indices"):
         build_lookup_tables(grid, [np.array([1])] * 4, {(2, 1): TileMatches(np.zeros((0, 2), np.int64), np.zeros(0))})
+
+
+def test_pair_matches_are_submitted_ahead_of_queued_tiles(truth):
+    """Matches carry a priority above the tile tasks (0), so they do not all wait for the last tile."""
+    from tiled_seg.tiling.stitch import MATCH_PRIORITY
+
+    class RecordingClient:
+        def __init__(self) -> None:
+            self.priorities: list[int] = []
+
+        def submit(self, function, *args, pure=True, priority=0):
+            self.priorities.append(priority)
+            return function(*args)
+
+        def gather(self, futures):
+            return futures
+
+    grid = plan_tiles(SHAPE, 64, DIAMETER_PX, (32, 32))
+    tiles = _tile_labels(grid, truth, np.random.default_rng(11), perturb=True)
+    client = RecordingClient()
+    matcher = PairMatcher(client, InMemoryLabels(tuple(tiles)), grid, 0.5)
+    for tile in grid.tiles:
+        matcher.add(tile.index)
+    assert MATCH_PRIORITY > 0
+    assert client.priorities and set(client.priorities) == {MATCH_PRIORITY}

@@ -27,6 +27,9 @@ from tiled_seg.tiling.match import TileMatches, core_label_ids, match_tiles
 
 __all__ = ["TileLabels", "InMemoryLabels", "PairMatcher", "stitched_array", "stitch_in_memory"]
 
+#: Priority of pair matches over tile tasks (dask runs higher first).
+MATCH_PRIORITY = 10
+
 #: A label source: ``labels_of(tile)`` is the tile's local labels over its halo box.
 TileLabels = Callable[[Tile], np.ndarray]
 
@@ -90,7 +93,9 @@ class PairMatcher:
                 if self._client is None:
                     self._matches[(a, b)] = _match_pair(*args)
                 else:
-                    self._matches[(a, b)] = self._client.submit(_match_pair, *args, pure=False)
+                    # Ahead of the queued tiles: else every match waits for the last tile.
+                    self._matches[(a, b)] = self._client.submit(_match_pair, *args, pure=False,
+                                                                priority=MATCH_PRIORITY)
 
     def plan(self, core_ids: Sequence[np.ndarray]) -> StitchPlan:
         """Wait for the matches and join them; ``core_ids`` by tile index (:func:`core_label_ids`)."""
