@@ -237,8 +237,8 @@ def _write_table(parent: zarr.Group, name: str, table: ad.AnnData) -> None:
 
     def write(func: Any, group: zarr.Group, key: str, elem: Any, dataset_kwargs: Any, iospec: Any) -> None:
         key = key.strip("/")
-        at_table = group.path == table_path
-        if (at_table and key in _ELEMENT_MAPPINGS) or not (at_table or group.path in mapping_paths):
+        element_of_table = group.path == table_path and key not in _ELEMENT_MAPPINGS
+        if not (element_of_table or group.path in mapping_paths):
             func(group, key, elem, dataset_kwargs=dataset_kwargs)
             return
         files: dict[str, Buffer] = {}
