@@ -270,3 +270,37 @@ def test_pipeline_runs_a_one_call_backend_and_fails_loudly_in_predict(
     failing = config.model_copy(update={"backend": config.backend.model_copy(update={"name": "failing"})})
     with pytest.raises(RuntimeError, match="network exploded"):
         run(slide.path, failing, output=tmp_path / "failing.zarr", client=accelerator_client)
+
+
+def test_measurement_warmup_starts_once_a_worker_has_no_tile_left() -> None:
+    from types import SimpleNamespace
+
+    from tiled_seg.pipeline._run import _MeasurementWarmup
+
+    class RecordingClient:
+        def __init__(self) -> None:
+            self.submitted: list[tuple[str, int]] = []
+
+        def scheduler_info(self):
+            return {"workers": {"tcp://a": {}, "tcp://b": {}, "tcp://c": {}}}
+
+        def submit(self, function, *args, pure=True, workers=(), allow_other_workers=True, priority=0):
+            assert not allow_other_workers and priority < 0
+            self.submitted.append((workers[0], function.__name__))
+            return object()
+
+    inputs = SimpleNamespace(slide=SimpleNamespace(data=np.zeros(1, np.uint16)))
+    client = RecordingClient()
+    warmup = _MeasurementWarmup(client, inputs, n_tiles=5, enabled=True)
+    for _ in range(2):
+        warmup.tile_done()
+    assert client.submitted == []  # 3 tiles left for 3 workers
+    warmup.tile_done()
+    assert sorted(client.submitted) == [(w, "warm_block_task") for w in ("tcp://a", "tcp://b", "tcp://c")]
+    warmup.tile_done()
+    warmup.start()
+    assert len(client.submitted) == 3
+    disabled = _MeasurementWarmup(client, inputs, n_tiles=1, enabled=False)
+    disabled.tile_done()
+    disabled.start()
+    assert len(client.submitted) == 3

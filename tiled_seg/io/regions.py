@@ -54,7 +54,7 @@ def read_region(
     where = {"t": 0, "z": 0, "c": channel_index, "y": rows, "x": columns}
     key = tuple(where[axis] for axis in axes)
     if isinstance(array, zarr.Array):
-        block = np.asarray(array.oindex[key])
+        block = _read_zarr(array, axes, where)
     elif isinstance(array, da.Array):
         # Inside a worker task: compute here, never submit to the cluster.
         block = np.asarray(array[key].compute(scheduler="synchronous"))
@@ -64,6 +64,41 @@ def read_region(
     if "c" not in kept:
         return block
     return block.transpose([kept.index(a) for a in ("c", "y", "x")])
+
+
+def _channel_runs(channels: Sequence[int]) -> list[slice]:
+    """``channels`` as runs of consecutive ascending indices, in their order.
+
+    >>> _channel_runs([0, 1, 2, 5, 6, 3])
+    [slice(0, 3, None), slice(5, 7, None), slice(3, 4, None)]
+    """
+    runs: list[slice] = []
+    for channel in map(int, channels):
+        if runs and runs[-1].stop == channel:
+            runs[-1] = slice(runs[-1].start, channel + 1)
+        else:
+            runs.append(slice(channel, channel + 1))
+    return runs
+
+
+def _read_zarr(array: zarr.Array, axes: tuple[str, ...], where: dict[str, Any]) -> np.ndarray:
+    """One basic (slice) selection per run of consecutive channels, joined along ``c``.
+
+    zarr's orthogonal selection of a channel list scatters every chunk
+    through fancy indexing: 2.7x slower than the slice of the same 16
+    channels of a 1024 px block, 1.4x for 4 panel channels of a tile.
+    """
+    channels = where.get("c")
+    if not isinstance(channels, list):
+        return np.asarray(array[tuple(where[axis] for axis in axes)])
+    parts = [
+        np.asarray(array[tuple(run if axis == "c" else where[axis] for axis in axes)])
+        for run in _channel_runs(channels)
+    ]
+    if len(parts) == 1:
+        return parts[0]
+    kept = [a for a in axes if a not in ("t", "z")]
+    return np.concatenate(parts, axis=kept.index("c"))
 
 
 @dataclass(frozen=True)

@@ -207,18 +207,35 @@ def _expand(store: str, inputs: Inputs, radius_um: float, progress: Progress | N
     return f"{store}/labels/{out_names['cells']}"
 
 
-def _warm_measurement(client: Client, inputs: Inputs) -> list[Future]:
-    """Load the measurement code and kernels on every worker now (:func:`warm_block_task`).
+class _MeasurementWarmup:
+    """Load the measurement code and kernels on every worker (:func:`warm_block_task`) in the tile tail.
 
-    Submitted when the tiles are done, after the pending tile matches (lower
-    priority), so it runs while the client plans the stitch.
+    :meth:`tile_done` is told of every finished tile; once fewer tiles are
+    left than there are workers, some worker has no tile to run, and the
+    warm-up tasks are submitted (behind the pending tile matches, lower
+    priority), so they fill that idle time rather than delay the label write.
     """
-    dtype = str(inputs.slide.data.dtype)
-    return [
-        client.submit(warm_block_task, dtype, pure=False, workers=[address], allow_other_workers=False,
-                      priority=-10)
-        for address in client.scheduler_info()["workers"]
-    ]
+
+    def __init__(self, client: Client, inputs: Inputs, n_tiles: int, enabled: bool) -> None:
+        self._client, self._dtype = client, str(inputs.slide.data.dtype)
+        self._left, self._enabled = n_tiles, enabled
+        self._workers = list(client.scheduler_info()["workers"])
+        self.futures: list[Future] = []
+
+    def tile_done(self) -> None:
+        self._left -= 1
+        if self._left < len(self._workers):
+            self.start()
+
+    def start(self) -> None:
+        """Submit the warm-up tasks unless they were submitted already."""
+        if not self._enabled or self.futures:
+            return
+        self.futures = [
+            self._client.submit(warm_block_task, self._dtype, pure=False, workers=[address],
+                                allow_other_workers=False, priority=-10)
+            for address in self._workers
+        ]
 
 
 def _measure(
@@ -359,12 +376,18 @@ def _stages(
     skipped = _empty_tiles(inputs, plan, stats, config)
     matcher = PairMatcher(client, ScratchLabels(scratch, "objects"), plan.grid,
                           config.tiling.min_overlap, skipped)
-    with _timed(timings, "segment"):
-        results = segment_tiles(client, job, plan.grid, progress, done, skip=skipped,
-                                on_tile=lambda result: matcher.add(result.index), schedule=_schedule(config))
     # Fire and forget: released when the measure stage starts; a failure
     # there would fail the measure stage's own tasks the same way.
-    warming = _warm_measurement(client, inputs) if config.measure else []
+    warmup = _MeasurementWarmup(client, inputs, len(plan.grid.tiles), config.measure)
+
+    def tile_done(result: TileResult) -> None:
+        matcher.add(result.index)
+        warmup.tile_done()
+
+    with _timed(timings, "segment"):
+        results = segment_tiles(client, job, plan.grid, progress, done, skip=skipped,
+                                on_tile=tile_done, schedule=_schedule(config))
+    warmup.start()
     with _timed(timings, "stitch"):
         stitch = matcher.plan([r.core_ids for r in results])
     with _timed(timings, "write"):
@@ -381,7 +404,7 @@ def _stages(
             "expand_nuclei_um (e.g. 4) to grow cells from the nuclei, or measure the "
             "nuclei with `tiled-seg measure STORE --labels nuclei --nuclei ''`.",
         )
-    del warming
+    del warmup
     if config.measure and "cells" in labels:
         with _timed(timings, "measure"):
             measured = _measure(store, inputs, config, labels, progress, h5ad)
