@@ -26,6 +26,7 @@ from tiled_seg.io.ngff import (
     pyramid_shapes,
     read_labels,
     write_image,
+    write_label_images,
     write_labels,
 )
 
@@ -322,3 +323,34 @@ def test_viewer_metadata(tmp_path, version):
     image_label = _ngff(root["labels/cells"])["image-label"]
     assert "colors" not in image_label and image_label["source"] == {"image": "../../"}
     assert _ngff(root["labels/cells"])["multiscales"][0]["type"] == "nearest"
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_label_images_written_together_equal_each_written_alone(tmp_path, version, client):
+    together, alone = tmp_path / "together.ome.zarr", tmp_path / "alone.ome.zarr"
+    cells = _labels()
+    nuclei = np.where(cells % 3 == 0, cells, 0).astype(np.uint16)
+    for path in (together, alone):
+        write_image(path, _image(), NAMES, 0.5, chunk_px=128, ngff_version=version)
+        write_labels(path, "old", cells, 0.5, chunk_px=128)
+    reports = []
+    with client.as_current():
+        write_label_images(together, {"cells": da.from_array(cells, chunks=100), "nuclei": nuclei}, 0.5,
+                           chunk_px=128, progress=lambda *report: reports.append(report))
+    write_labels(alone, "cells", cells, 0.5, chunk_px=128)
+    write_labels(alone, "nuclei", nuclei, 0.5, chunk_px=128)
+    assert list_labels(together) == list_labels(alone) == ["cells", "nuclei", "old"]
+    for name in ("cells", "nuclei"):
+        a = zarr.open_group(str(together / "labels" / name), mode="r")
+        b = zarr.open_group(str(alone / "labels" / name), mode="r")
+        assert a.attrs.asdict() == b.attrs.asdict()
+        assert sorted(a.array_keys()) == sorted(b.array_keys())
+        for key in a.array_keys():
+            assert a[key].dtype == b[key].dtype
+            np.testing.assert_array_equal(a[key][...], b[key][...])
+    assert reports[-1][0] == "write cells+nuclei" and reports[-1][1] == reports[-1][2]
+    # One name taken: nothing is replaced without overwrite.
+    with pytest.raises(OutputExistsError, match="nuclei exists"):
+        write_label_images(together, {"new": cells, "nuclei": cells}, 0.5, chunk_px=128)
+    assert list_labels(together) == ["cells", "nuclei", "old"]
+    np.testing.assert_array_equal(read_labels(together, "nuclei").compute(), nuclei)

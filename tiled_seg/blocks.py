@@ -156,27 +156,32 @@ def _count(parts: list[int]) -> int:
 
 
 def store_blocks(
-    array: da.Array, target: Any, stage: str, progress: Progress | None = None,
+    writes: Sequence[tuple[da.Array, Any]], stage: str, progress: Progress | None = None,
     done: int = 0, total: int | None = None,
 ) -> int:
-    """Write ``array`` into ``target`` (e.g. a zarr array), one task per dask block.
+    """Write each ``(array, target)`` of ``writes`` (e.g. into a zarr array), one task per dask block.
 
-    Each task computes its block and writes it itself, so blocks never travel
-    to the caller; blocks should cover whole chunks of ``target``.
-    ``progress(stage, done + finished, total)`` is reported as blocks are
-    written, so several calls can share one count.
+    All writes run in one computation. Each task computes its block and
+    writes it itself, so blocks never travel to the caller; blocks should
+    cover whole chunks of their target. ``progress(stage, done + finished,
+    total)`` is reported as blocks are written, so several calls can share
+    one count.
 
     Returns
     -------
     int
         ``done`` plus the number of blocks written.
     """
-    edges = [np.cumsum((0, *sizes)) for sizes in array.chunks]
     task = dask.delayed(_store_block, pure=False)
     leaves = []
-    for index, block in zip(np.ndindex(*array.numblocks), array.to_delayed().ravel()):
-        where = tuple(slice(int(e[i]), int(e[i + 1])) for e, i in zip(edges, index))
-        leaves.append(task(block, target, where))
+    for array, target in writes:
+        # One key: a zarr array is a dataclass, which dask would walk field by
+        # field and tokenize for every task it is passed to.
+        target_key = dask.delayed(target, traverse=False)
+        edges = [np.cumsum((0, *sizes)) for sizes in array.chunks]
+        for index, block in zip(np.ndindex(*array.numblocks), array.to_delayed().ravel()):
+            where = tuple(slice(int(e[i]), int(e[i + 1])) for e, i in zip(edges, index))
+            leaves.append(task(block, target_key, where))
     total = done + len(leaves) if total is None else total
     offset = None if progress is None else (lambda s, n, _: progress(s, done + n, total))
     compute_blocks(leaves, tree_reduce(leaves, _count), stage, offset)

@@ -40,6 +40,7 @@ __all__ = [
     "ome_attrs",
     "open_slide",
     "write_image",
+    "write_label_images",
     "write_labels",
     "read_labels",
     "label_array",
@@ -650,55 +651,110 @@ def write_labels(
     progress : callable, optional
         ``progress("write <name>", done, total)`` as blocks of all levels are written.
     """
+    groups = write_label_images(
+        store, {name: labels}, pixel_size_um, chunk_px=chunk_px, overwrite=overwrite,
+        properties={name: properties} if properties else None, progress=progress,
+    )
+    return groups[name]
+
+
+def write_label_images(
+    store: str | Path,
+    images: Mapping[str, np.ndarray | da.Array],
+    pixel_size_um: float | None,
+    *,
+    chunk_px: int = DEFAULT_CHUNK_PX,
+    overwrite: bool = False,
+    properties: Mapping[str, Sequence[dict[str, Any]]] | None = None,
+    progress: Progress | None = None,
+) -> dict[str, zarr.Group]:
+    """Write several ``(Y, X)`` label images of one slide, each as :func:`write_labels` does.
+
+    Each pyramid level of every image is stored in one computation, so the
+    blocks of all images share the workers; one image at a time would leave
+    workers idle at every level with fewer blocks than workers.
+
+    Parameters
+    ----------
+    images : mapping of str to ndarray or dask array
+        Label image by name, all of the same shape.
+    properties : mapping of str to sequence of dict, optional
+        ``image-label`` ``properties`` records by image name.
+    progress : callable, optional
+        ``progress("write <names>", done, total)`` as blocks of all levels
+        of all images are written (names joined by ``+``).
+
+    Other parameters are those of :func:`write_labels`.
+
+    Returns
+    -------
+    dict of str to zarr.Group
+        The written label groups by name.
+    """
     store = str(store)
-    if labels.ndim != 2:
-        raise AxesError(f"labels must be (Y, X); got shape {labels.shape}.")
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise InputFormatError(f"labels must have an integer dtype, got {labels.dtype}; pass a label image (0 background, positive ids).")
+    for labels in images.values():
+        if labels.ndim != 2:
+            raise AxesError(f"labels must be (Y, X); got shape {labels.shape}.")
+        if not np.issubdtype(labels.dtype, np.integer):
+            raise InputFormatError(f"labels must have an integer dtype, got {labels.dtype}; pass a label image (0 background, positive ids).")
     version = _image_version(store)
     root = zarr.open_group(store, mode="a")
     labels_group = root.require_group("labels")
     existing = list_labels(store)
-    if name in labels_group:
-        if not overwrite:
-            raise OutputExistsError(
-                f"{store}/labels/{name} exists; pass --overwrite to replace it."
-            )
-        del labels_group[name]
-    group = labels_group.create_group(name)
-    level = da.asarray(labels)
-    block_px = max(BLOCK_PX // chunk_px, 1) * chunk_px
-    if not _chunk_aligned(level, chunk_px):
-        level = level.rechunk((block_px, block_px))
-    shapes = pyramid_shapes(level.shape, chunk_px)
-    total = level.npartitions + sum(len(plan_blocks(shape, (chunk_px, chunk_px), block_px)) for shape in shapes[1:])
-    done = 0
-    for index in range(len(shapes)):
-        if index:
-            level = _downsample_nearest(level)
-        target = group.create_array(
-            str(index), shape=level.shape, chunks=(chunk_px, chunk_px), dtype=level.dtype,
-            fill_value=0, **_dimension_kwargs(["y", "x"], version),
+    taken = [name for name in images if name in labels_group]
+    if taken and not overwrite:
+        raise OutputExistsError(
+            f"{store}/labels/{taken[0]} exists; pass --overwrite to replace it."
         )
-        done = store_blocks(level, target, f"write {name}", progress, done, total)
-        # Blocks of 2 x (whole chunks) halve into whole chunks: no rechunk, no
-        # transfers, and about one task per block, not per chunk.
-        level = da.from_zarr(target, chunks=(2 * block_px, 2 * block_px))
-    # The image is always in the same store (a separate output links it, see link_image).
-    image_label: dict[str, Any] = {"source": {"image": "../../"}}
-    if properties:
-        image_label["properties"] = list(properties)
-    if version == "0.4":
-        image_label["version"] = "0.4"
-    content = {
-        "multiscales": [
-            _multiscales(name, ["y", "x"], pixel_size_um, len(shapes), version, kind="labels")
-        ],
-        "image-label": image_label,
-    }
-    _set_ome(group, content, version)
-    _set_ome(labels_group, {"labels": sorted(set(existing) | {name})}, version)
-    return group
+    block_px = max(BLOCK_PX // chunk_px, 1) * chunk_px
+    levels: dict[str, da.Array] = {}
+    for name, labels in images.items():
+        level = da.asarray(labels)
+        levels[name] = level if _chunk_aligned(level, chunk_px) else level.rechunk((block_px, block_px))
+    shapes = {name: pyramid_shapes(level.shape, chunk_px) for name, level in levels.items()}
+    total = sum(
+        levels[name].npartitions
+        + sum(len(plan_blocks(shape, (chunk_px, chunk_px), block_px)) for shape in shapes[name][1:])
+        for name in images
+    )
+    groups = {}
+    for name in images:
+        if name in labels_group:
+            del labels_group[name]
+        groups[name] = labels_group.create_group(name)
+    stage, done = f"write {'+'.join(images)}", 0
+    for index in range(max(len(s) for s in shapes.values())):
+        targets = {}
+        for name in images:
+            if index >= len(shapes[name]):
+                continue
+            if index:
+                levels[name] = _downsample_nearest(levels[name])
+            targets[name] = groups[name].create_array(
+                str(index), shape=levels[name].shape, chunks=(chunk_px, chunk_px),
+                dtype=levels[name].dtype, fill_value=0, **_dimension_kwargs(["y", "x"], version),
+            )
+        done = store_blocks([(levels[n], t) for n, t in targets.items()], stage, progress, done, total)
+        for name, target in targets.items():
+            # Blocks of 2 x (whole chunks) halve into whole chunks: no rechunk, no
+            # transfers, and about one task per block, not per chunk.
+            levels[name] = da.from_zarr(target, chunks=(2 * block_px, 2 * block_px))
+    for name, group in groups.items():
+        # The image is always in the same store (a separate output links it, see link_image).
+        image_label: dict[str, Any] = {"source": {"image": "../../"}}
+        if properties and properties.get(name):
+            image_label["properties"] = list(properties[name])
+        if version == "0.4":
+            image_label["version"] = "0.4"
+        content = {
+            "multiscales": [
+                _multiscales(name, ["y", "x"], pixel_size_um, len(shapes[name]), version, kind="labels")
+            ],
+            "image-label": image_label,
+        }
+        _set_ome(group, content, version)
+    _set_ome(labels_group, {"labels": sorted(set(existing) | set(images))}, version)
+    return groups
 
 
 def link_image(image: str | Path, store: str | Path) -> None:

@@ -22,7 +22,7 @@ from distributed import Client, Future
 from tiled_seg.cluster import connect
 from tiled_seg.config import RunConfig
 from tiled_seg.io.fs import remove_tree
-from tiled_seg.io.ngff import write_labels
+from tiled_seg.io.ngff import write_label_images
 from tiled_seg.measure import MeasureResult, measure_store, warm_block_task
 from tiled_seg.measure.redsea import compensate_store
 from tiled_seg.pipeline._checks import Inputs, Plan, check_h5ad, check_run, open_inputs, plan_run
@@ -184,18 +184,17 @@ def _write_labels(
     when the run has none).
     """
     out_names, primary = inputs.out_names, inputs.primary
-    chunk_px = min(inputs.slide.chunk_yx)
-    write_labels(store, out_names[primary], stitched_array(ScratchLabels(scratch, "objects"), grid, plan),
-                 inputs.pixel_size_um, chunk_px=chunk_px, overwrite=True, progress=progress)
-    written = {primary: f"{store}/labels/{out_names[primary]}"}
+    images = {out_names[primary]: stitched_array(ScratchLabels(scratch, "objects"), grid, plan)}
+    kinds = [primary]
     n_nuclei: int | None = plan.n_objects if primary == "nuclei" else None
     if primary == "cells" and all(r.core_nucleus_ids is not None for r in results):
-        write_labels(store, out_names["nuclei"], stitched_array(ScratchLabels(scratch, "linked"), grid, plan),
-                     inputs.pixel_size_um, chunk_px=chunk_px, overwrite=True, progress=progress)
-        written["nuclei"] = f"{store}/labels/{out_names['nuclei']}"
+        images[out_names["nuclei"]] = stitched_array(ScratchLabels(scratch, "linked"), grid, plan)
+        kinds.append("nuclei")
         ids = [plan.luts[r.index][r.core_nucleus_ids] for r in results]
         n_nuclei = int(np.unique(np.concatenate(ids)).size) if ids else 0
-    return written, n_nuclei
+    write_label_images(store, images, inputs.pixel_size_um, chunk_px=min(inputs.slide.chunk_yx),
+                       overwrite=True, progress=progress)
+    return {kind: f"{store}/labels/{out_names[kind]}" for kind in kinds}, n_nuclei
 
 
 def _expand(store: str, inputs: Inputs, radius_um: float, progress: Progress | None) -> str:
