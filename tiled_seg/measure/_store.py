@@ -191,17 +191,11 @@ def measure_arrays(
     return table
 
 
-def _write_parquet_tables(
-    table: pd.DataFrame, edges: pd.DataFrame, table_path: str, edges_path: str,
-    provenance: dict[str, Any], overwrite: bool,
-) -> dict[str, str]:
-    """The cell and edge tables as Parquet files; their paths by kind."""
-    return {
-        "parquet": write_parquet(table, table_path, metadata=table_metadata(table, **provenance),
-                                 overwrite=overwrite),
-        "neighbours": write_parquet(edges, edges_path, metadata=table_metadata(edges, **provenance),
-                                    overwrite=overwrite),
-    }
+def _write_parquet_table(
+    frame: pd.DataFrame, path: str, provenance: dict[str, Any], overwrite: bool
+) -> str:
+    """One table (cells or edges) as a Parquet file with its provenance; its path."""
+    return write_parquet(frame, path, metadata=table_metadata(frame, **provenance), overwrite=overwrite)
 
 
 def _write_anndata(
@@ -339,28 +333,31 @@ def measure_store(
             if taken:
                 raise OutputExistsError(f"{planned[kind]} exists; pass --overwrite to replace it.")
     table, measured = _measure(job, names, slide.pixel_size_um, morphology, block_px, progress)
-    edges = edge_table(measured, table, slide.pixel_size_um, distance_um, neighbours)
-    # The merged partials are as large as the table; drop them before the writes.
-    del measured
+    provenance: dict[str, Any] = dict(pixel_size_um=slide.pixel_size_um, source_image=slide.path,
+                                      labels=f"labels/{labels}", config=config)
     paths: dict[str, str] = {}
-    # The Parquet files are written on a thread beside the AnnData: both
-    # spend most of their time in compression and I/O outside the GIL.
+    # The Parquet files are written on a thread beside the edge table and the
+    # AnnData: they spend most of their time in compression and I/O outside the GIL.
     with ThreadPoolExecutor(max_workers=1) as parquet_writer:
-        parquet = None
+        parquet = {}
         if "parquet" in outputs:
-            provenance: dict[str, Any] = dict(pixel_size_um=slide.pixel_size_um, source_image=slide.path,
-                                              labels=f"labels/{labels}", config=config)
-            parquet = parquet_writer.submit(
-                _write_parquet_tables, table, edges, planned["parquet"],
-                join(tables_dir, f"{table_name}_neighbours.parquet"), provenance, overwrite,
+            parquet["parquet"] = parquet_writer.submit(
+                _write_parquet_table, table, planned["parquet"], provenance, overwrite
+            )
+        edges = edge_table(measured, table, slide.pixel_size_um, distance_um, neighbours)
+        # The merged partials are as large as the table; drop them before the writes.
+        del measured
+        if "parquet" in outputs:
+            parquet["neighbours"] = parquet_writer.submit(
+                _write_parquet_table, edges, join(tables_dir, f"{table_name}_neighbours.parquet"),
+                provenance, overwrite,
             )
         if "anndata" in outputs or h5ad is not None:
             paths.update(_write_anndata(
                 table, edges, names, labels, config, neighbours, store, table_name,
                 "anndata" in outputs, h5ad, overwrite,
             ))
-        if parquet is not None:
-            paths.update(parquet.result())
+        paths.update({kind: future.result() for kind, future in parquet.items()})
     if steinbock_dir is not None:
         frames = steinbock_tables(
             table, names, edges, slide.pixel_size_um, distance_kind=_EDGE_KIND[neighbours]
