@@ -27,6 +27,7 @@ from tiled_seg.io.ngff import (
     read_labels,
     write_image,
     write_label_images,
+    write_label_pyramids,
     write_labels,
 )
 
@@ -336,7 +337,10 @@ def test_label_images_written_together_equal_each_written_alone(tmp_path, versio
     reports = []
     with client.as_current():
         write_label_images(together, {"cells": da.from_array(cells, chunks=100), "nuclei": nuclei}, 0.5,
-                           chunk_px=128, progress=lambda *report: reports.append(report))
+                           chunk_px=128, progress=lambda *report: reports.append(report), pyramid=False)
+        assert sorted(zarr.open_group(str(together / "labels" / "cells")).array_keys()) == ["0"]
+        write_label_pyramids(together, ["cells", "nuclei"], chunk_px=128,
+                             progress=lambda *report: reports.append(report))
     write_labels(alone, "cells", cells, 0.5, chunk_px=128)
     write_labels(alone, "nuclei", nuclei, 0.5, chunk_px=128)
     assert list_labels(together) == list_labels(alone) == ["cells", "nuclei", "old"]
@@ -348,7 +352,9 @@ def test_label_images_written_together_equal_each_written_alone(tmp_path, versio
         for key in a.array_keys():
             assert a[key].dtype == b[key].dtype
             np.testing.assert_array_equal(a[key][...], b[key][...])
-    assert reports[-1][0] == "write cells+nuclei" and reports[-1][1] == reports[-1][2]
+    finals = {stage: (done, total) for stage, done, total in reports}
+    assert set(finals) == {"write cells+nuclei", "pyramid cells+nuclei"}
+    assert all(done == total > 0 for done, total in finals.values())
     # One name taken: nothing is replaced without overwrite.
     with pytest.raises(OutputExistsError, match="nuclei exists"):
         write_label_images(together, {"new": cells, "nuclei": cells}, 0.5, chunk_px=128)

@@ -175,3 +175,21 @@ def test_run_measures_border_neighbours(tmp_path, slide, client):
     border = edges[edges["kind"] == "border"]
     assert len(border) > 0
     assert border["distance_um"].max() <= 2.0
+
+
+def test_run_writes_every_pyramid_level_of_its_labels(tmp_path, slide, client):
+    # Four copies of the small slide: large enough for a second level (>= 2 x 256 px).
+    small = open_slide(slide.path)
+    wide = tmp_path / "wide.ome.zarr"
+    write_image(wide, np.tile(np.asarray(small.data), (1, 2, 2)), small.channel_names, small.pixel_size_um,
+                chunk_px=128)
+    output = tmp_path / "out.zarr"
+    result = run(wide, RunConfig().with_overrides(**{"tiling.tile_px": 320}), output=output, client=client)
+    assert {"write", "measure", "pyramid"} <= set(result.timings)
+    for name in ("cells", "nuclei"):
+        group = zarr.open_group(str(output / "labels" / name), mode="r")
+        datasets = group.attrs["ome"]["multiscales"][0]["datasets"]
+        assert len(datasets) == 2
+        full = read_labels(output, name).compute()
+        for level, dataset in enumerate(datasets):
+            np.testing.assert_array_equal(group[dataset["path"]][...], full[:: 2**level, :: 2**level])

@@ -176,13 +176,13 @@ def test_resume_reuses_recorded_tiles_and_refuses_other_configs(
 
     # Overwriting a complete result marks it running before any label is touched.
     seen = []
-    real = _run.write_labels
+    real = _run.write_label_images
 
     def spy(store_path, *args, **kwargs):
         seen.append(_status(Path(store_path)))
         return real(store_path, *args, **kwargs)
 
-    monkeypatch.setattr(_run, "write_labels", spy)
+    monkeypatch.setattr(_run, "write_label_images", spy)
     run(slide.path, _config(), output=store, client=client, overwrite=True)
     assert seen and set(seen) == {"running"}
     state = zarr.open_group(store, mode="r").attrs["tiled_seg"]
@@ -192,7 +192,7 @@ def test_resume_reuses_recorded_tiles_and_refuses_other_configs(
 @pytest.mark.slow
 def test_interrupted_label_write_is_marked_and_resumed(tmp_path, slide, client, clean, monkeypatch):
     store = tmp_path / "out.zarr"
-    real = _run.write_labels
+    real = _run.write_label_images
     calls = []
 
     def write_then_die(*args, **kwargs):
@@ -201,10 +201,10 @@ def test_interrupted_label_write_is_marked_and_resumed(tmp_path, slide, client, 
         if len(calls) == 1:
             raise Crash
 
-    monkeypatch.setattr(_run, "write_labels", write_then_die)
+    monkeypatch.setattr(_run, "write_label_images", write_then_die)
     with pytest.raises(Crash):
         run(slide.path, _config(), output=store, client=client)
-    monkeypatch.setattr(_run, "write_labels", real)
+    monkeypatch.setattr(_run, "write_label_images", real)
     # Labels exist but the store says the run did not finish.
     assert "cells" in list_labels(store)
     assert _status(store) == "failed"

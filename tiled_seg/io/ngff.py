@@ -41,6 +41,7 @@ __all__ = [
     "open_slide",
     "write_image",
     "write_label_images",
+    "write_label_pyramids",
     "write_labels",
     "read_labels",
     "label_array",
@@ -649,7 +650,8 @@ def write_labels(
     properties : sequence of dict, optional
         NGFF ``image-label`` ``properties`` records (one per label id).
     progress : callable, optional
-        ``progress("write <name>", done, total)`` as blocks of all levels are written.
+        ``progress("write <name>", done, total)`` as full-resolution blocks
+        are written, then ``progress("pyramid <name>", ...)`` for the coarser levels.
     """
     groups = write_label_images(
         store, {name: labels}, pixel_size_um, chunk_px=chunk_px, overwrite=overwrite,
@@ -667,12 +669,13 @@ def write_label_images(
     overwrite: bool = False,
     properties: Mapping[str, Sequence[dict[str, Any]]] | None = None,
     progress: Progress | None = None,
+    pyramid: bool = True,
 ) -> dict[str, zarr.Group]:
     """Write several ``(Y, X)`` label images of one slide, each as :func:`write_labels` does.
 
-    Each pyramid level of every image is stored in one computation, so the
-    blocks of all images share the workers; one image at a time would leave
-    workers idle at every level with fewer blocks than workers.
+    Every level of all images is stored in one computation, so the blocks of
+    all images share the workers; one image at a time would leave workers
+    idle at every level with fewer blocks than workers.
 
     Parameters
     ----------
@@ -681,8 +684,14 @@ def write_label_images(
     properties : mapping of str to sequence of dict, optional
         ``image-label`` ``properties`` records by image name.
     progress : callable, optional
-        ``progress("write <names>", done, total)`` as blocks of all levels
-        of all images are written (names joined by ``+``).
+        ``progress("write <names>", done, total)`` as full-resolution blocks
+        are written, then ``progress("pyramid <names>", ...)`` for the
+        coarser levels (names joined by ``+``).
+    pyramid : bool
+        Also write the coarser levels now. With False only the full
+        resolution is written (the metadata already lists every level):
+        call :func:`write_label_pyramids` before the store is used by
+        anyone else.
 
     Other parameters are those of :func:`write_labels`.
 
@@ -707,38 +716,20 @@ def write_label_images(
             f"{store}/labels/{taken[0]} exists; pass --overwrite to replace it."
         )
     block_px = max(BLOCK_PX // chunk_px, 1) * chunk_px
-    levels: dict[str, da.Array] = {}
+    groups, writes = {}, []
     for name, labels in images.items():
         level = da.asarray(labels)
-        levels[name] = level if _chunk_aligned(level, chunk_px) else level.rechunk((block_px, block_px))
-    shapes = {name: pyramid_shapes(level.shape, chunk_px) for name, level in levels.items()}
-    total = sum(
-        levels[name].npartitions
-        + sum(len(plan_blocks(shape, (chunk_px, chunk_px), block_px)) for shape in shapes[name][1:])
-        for name in images
-    )
-    groups = {}
-    for name in images:
+        if not _chunk_aligned(level, chunk_px):
+            level = level.rechunk((block_px, block_px))
         if name in labels_group:
             del labels_group[name]
         groups[name] = labels_group.create_group(name)
-    stage, done = f"write {'+'.join(images)}", 0
-    for index in range(max(len(s) for s in shapes.values())):
-        targets = {}
-        for name in images:
-            if index >= len(shapes[name]):
-                continue
-            if index:
-                levels[name] = _downsample_nearest(levels[name])
-            targets[name] = groups[name].create_array(
-                str(index), shape=levels[name].shape, chunks=(chunk_px, chunk_px),
-                dtype=levels[name].dtype, fill_value=0, **_dimension_kwargs(["y", "x"], version),
-            )
-        done = store_blocks([(levels[n], t) for n, t in targets.items()], stage, progress, done, total)
-        for name, target in targets.items():
-            # Blocks of 2 x (whole chunks) halve into whole chunks: no rechunk, no
-            # transfers, and about one task per block, not per chunk.
-            levels[name] = da.from_zarr(target, chunks=(2 * block_px, 2 * block_px))
+        target = groups[name].create_array(
+            "0", shape=level.shape, chunks=(chunk_px, chunk_px), dtype=level.dtype, fill_value=0,
+            **_dimension_kwargs(["y", "x"], version),
+        )
+        writes.append((level, target))
+    store_blocks(writes, f"write {'+'.join(images)}", progress)
     for name, group in groups.items():
         # The image is always in the same store (a separate output links it, see link_image).
         image_label: dict[str, Any] = {"source": {"image": "../../"}}
@@ -746,15 +737,66 @@ def write_label_images(
             image_label["properties"] = list(properties[name])
         if version == "0.4":
             image_label["version"] = "0.4"
+        n_levels = len(pyramid_shapes(group["0"].shape, chunk_px))
         content = {
-            "multiscales": [
-                _multiscales(name, ["y", "x"], pixel_size_um, len(shapes[name]), version, kind="labels")
-            ],
+            "multiscales": [_multiscales(name, ["y", "x"], pixel_size_um, n_levels, version, kind="labels")],
             "image-label": image_label,
         }
         _set_ome(group, content, version)
     _set_ome(labels_group, {"labels": sorted(set(existing) | set(images))}, version)
+    if pyramid:
+        write_label_pyramids(store, list(images), chunk_px=chunk_px, progress=progress)
     return groups
+
+
+def write_label_pyramids(
+    store: str | Path, names: Sequence[str], *, chunk_px: int = DEFAULT_CHUNK_PX,
+    progress: Progress | None = None,
+) -> None:
+    """Write the coarser levels of label images whose full resolution is written.
+
+    For :func:`write_label_images` with ``pyramid=False``: each level takes
+    every other pixel of the one above, all images level by level together.
+    A run calls it on a thread while it measures, which reads only the full
+    resolution.
+
+    Parameters
+    ----------
+    store : str or Path
+        The OME-NGFF store.
+    names : sequence of str
+        Label images under ``labels/``.
+    chunk_px : int
+        Chunk side (px), as their full resolution was written.
+    progress : callable, optional
+        ``progress("pyramid <names>", done, total)`` as blocks are written.
+    """
+    store = str(store)
+    version = _image_version(store)
+    groups = {name: zarr.open_group(f"{store}/labels/{name}", mode="a") for name in names}
+    block_px = max(BLOCK_PX // chunk_px, 1) * chunk_px
+    # Blocks of 2 x (whole chunks) halve into whole chunks: no rechunk, no
+    # transfers, and about one task per block, not per chunk.
+    levels = {name: da.from_zarr(group["0"], chunks=(2 * block_px, 2 * block_px)) for name, group in groups.items()}
+    shapes = {name: pyramid_shapes(level.shape, chunk_px) for name, level in levels.items()}
+    total = sum(
+        len(plan_blocks(shape, (chunk_px, chunk_px), block_px)) for name in names for shape in shapes[name][1:]
+    )
+    stage, done = f"pyramid {'+'.join(names)}", 0
+    for index in range(1, max(len(s) for s in shapes.values())):
+        targets = {}
+        for name in names:
+            if index >= len(shapes[name]):
+                continue
+            levels[name] = _downsample_nearest(levels[name])
+            targets[name] = groups[name].create_array(
+                str(index), shape=levels[name].shape, chunks=(chunk_px, chunk_px),
+                dtype=levels[name].dtype, fill_value=0, overwrite=True,
+                **_dimension_kwargs(["y", "x"], version),
+            )
+        done = store_blocks([(levels[n], t) for n, t in targets.items()], stage, progress, done, total)
+        for name, target in targets.items():
+            levels[name] = da.from_zarr(target, chunks=(2 * block_px, 2 * block_px))
 
 
 def link_image(image: str | Path, store: str | Path) -> None:

@@ -9,8 +9,10 @@ given to :func:`run`.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -22,7 +24,7 @@ from distributed import Client, Future
 from tiled_seg.cluster import connect
 from tiled_seg.config import RunConfig
 from tiled_seg.io.fs import remove_tree
-from tiled_seg.io.ngff import write_label_images
+from tiled_seg.io.ngff import write_label_images, write_label_pyramids
 from tiled_seg.measure import MeasureResult, measure_store, warm_block_task
 from tiled_seg.measure.redsea import compensate_store
 from tiled_seg.pipeline._checks import Inputs, Plan, check_h5ad, check_run, open_inputs, plan_run
@@ -174,13 +176,19 @@ def _empty_tiles(inputs: Inputs, plan: Plan, stats: SlideStats, config: RunConfi
     return empty_tiles(plan.grid, mask)
 
 
+def _label_chunk_px(inputs: Inputs) -> int:
+    """Chunk side (px) of the run's label images: the image's smaller chunk side."""
+    return min(inputs.slide.chunk_yx)
+
+
 def _write_labels(
     store: str, scratch: str, inputs: Inputs, grid: TileGrid, plan: StitchPlan,
     results: list[TileResult], progress: Progress | None,
 ) -> tuple[dict[str, str], int | None]:
     """Write the stitched primary labels, and the linked nuclei when every tile has them.
 
-    Returns the written label paths by kind and the number of nuclei (None
+    Only the full resolution: the run writes the coarser levels
+    (:func:`write_label_pyramids`) while it measures. Returns the written label paths by kind and the number of nuclei (None
     when the run has none).
     """
     out_names, primary = inputs.out_names, inputs.primary
@@ -192,9 +200,42 @@ def _write_labels(
         kinds.append("nuclei")
         ids = [plan.luts[r.index][r.core_nucleus_ids] for r in results]
         n_nuclei = int(np.unique(np.concatenate(ids)).size) if ids else 0
-    write_label_images(store, images, inputs.pixel_size_um, chunk_px=min(inputs.slide.chunk_yx),
-                       overwrite=True, progress=progress)
+    write_label_images(store, images, inputs.pixel_size_um, chunk_px=_label_chunk_px(inputs),
+                       overwrite=True, progress=progress, pyramid=False)
     return {kind: f"{store}/labels/{out_names[kind]}" for kind in kinds}, n_nuclei
+
+
+def _expand_and_measure(
+    store: str, inputs: Inputs, plan: Plan, config: RunConfig, labels: dict[str, str],
+    progress: Progress | None, h5ad: str | Path | None, timings: dict[str, float],
+) -> tuple[dict[str, str], dict[str, Any], tuple[str, ...]]:
+    """Expand, measure, REDSEA and QC as configured: the tables, the QC and notes.
+
+    ``labels`` gains ``cells`` when the nuclei are expanded.
+    """
+    if config.expand_nuclei_um is not None:
+        with _timed(timings, "expand"):
+            labels["cells"] = _expand(store, inputs, config.expand_nuclei_um, progress)
+    if not config.measure:
+        return {}, {}, ()
+    if "cells" not in labels:
+        return {}, {}, (
+            "no single-cell table: a nuclear-only run has no cells to measure; set "
+            "expand_nuclei_um (e.g. 4) to grow cells from the nuclei, or measure the "
+            "nuclei with `tiled-seg measure STORE --labels nuclei --nuclei ''`.",
+        )
+    with _timed(timings, "measure"):
+        measured = _measure(store, inputs, config, labels, progress, h5ad)
+    table = measured.table
+    if config.redsea:
+        with _timed(timings, "redsea"):
+            table = _redsea(store, inputs, config)
+    qc: dict[str, Any] = {}
+    if config.qc.enabled:
+        # From the table in memory: the QC does not read the written tables again.
+        with _timed(timings, "qc"):
+            qc = run_qc(table, plan.grid, inputs.pixel_size_um, config.qc, compensated=config.redsea)
+    return dict(measured.paths), qc, ()
 
 
 def _expand(store: str, inputs: Inputs, radius_um: float, progress: Progress | None) -> str:
@@ -375,8 +416,8 @@ def _stages(
     skipped = _empty_tiles(inputs, plan, stats, config)
     matcher = PairMatcher(client, ScratchLabels(scratch, "objects"), plan.grid,
                           config.tiling.min_overlap, skipped)
-    # Fire and forget: released when the measure stage starts; a failure
-    # there would fail the measure stage's own tasks the same way.
+    # Fire and forget: released after the label write; a failure there
+    # would fail the measure stage's own tasks the same way.
     warmup = _MeasurementWarmup(client, inputs, len(plan.grid.tiles), config.measure)
 
     def tile_done(result: TileResult) -> None:
@@ -391,30 +432,18 @@ def _stages(
         stitch = matcher.plan([r.core_ids for r in results])
     with _timed(timings, "write"):
         labels, n_nuclei = _write_labels(store, scratch, inputs, plan.grid, stitch, results, progress)
-    if config.expand_nuclei_um is not None:
-        with _timed(timings, "expand"):
-            labels["cells"] = _expand(store, inputs, config.expand_nuclei_um, progress)
-    tables: dict[str, str] = {}
-    qc: dict[str, Any] = {}
-    notes: tuple[str, ...] = ()
-    if config.measure and "cells" not in labels:
-        notes = (
-            "no single-cell table: a nuclear-only run has no cells to measure; set "
-            "expand_nuclei_um (e.g. 4) to grow cells from the nuclei, or measure the "
-            "nuclei with `tiled-seg measure STORE --labels nuclei --nuclei ''`.",
-        )
     del warmup
-    if config.measure and "cells" in labels:
-        with _timed(timings, "measure"):
-            measured = _measure(store, inputs, config, labels, progress, h5ad)
-        tables, table = dict(measured.paths), measured.table
-        if config.redsea:
-            with _timed(timings, "redsea"):
-                table = _redsea(store, inputs, config)
-        if config.qc.enabled:
-            # From the table in memory: the QC does not read the written tables again.
-            with _timed(timings, "qc"):
-                qc = run_qc(table, plan.grid, inputs.pixel_size_um, config.qc, compensated=config.redsea)
+    # The coarser levels are written on a thread while the nuclei are expanded
+    # and the cells measured, which read only the full resolution. The thread
+    # runs in a copy of this context, where the run's client is current.
+    with ThreadPoolExecutor(max_workers=1) as pyramid_writer:
+        pyramid = pyramid_writer.submit(
+            contextvars.copy_context().run, write_label_pyramids, store, [inputs.out_names[kind] for kind in labels],
+            chunk_px=_label_chunk_px(inputs), progress=progress,
+        )
+        tables, qc, notes = _expand_and_measure(store, inputs, plan, config, labels, progress, h5ad, timings)
+        with _timed(timings, "pyramid"):
+            pyramid.result()
     result = RunResult(
         store=str(store),
         labels=labels,
