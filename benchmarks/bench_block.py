@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_chunks import _median_s  # noqa: E402
+from bench_chunks import median_s  # noqa: E402
 
 from tiled_seg.io.ngff import label_array, open_slide  # noqa: E402
 from tiled_seg.io.regions import RegionReader  # noqa: E402
@@ -50,7 +50,7 @@ def main() -> None:
         "touching_s": lambda: touching_pairs(labels[core.grow(1, labels.shape).slices]),
         "block_task_s": lambda: measure_block_task(job, block),
     }
-    print(" ".join(f"{name}={_median_s(step, args.repeats):.3f}" for name, step in steps.items()))
+    print(" ".join(f"{name}={median_s(step, args.repeats):.3f}" for name, step in steps.items()))
 
 
 if __name__ == "__main__":

@@ -35,7 +35,8 @@ def _size_mib(path: Path) -> float:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
 
 
-def _median_s(function, repeats: int) -> float:
+def median_s(function, repeats: int) -> float:
+    """Median wall time (s) of ``repeats`` calls of ``function``."""
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
@@ -63,9 +64,9 @@ def main() -> None:
                                       compressors=source.compressors)
             array[...] = image
             blocks = plan_blocks((height, width), chunks[1:], args.block_px)
-            whole = _median_s(lambda: array[...], args.repeats)
-            block = _median_s(lambda: [array[(slice(None), *b.slices)] for b in blocks], args.repeats)
-            one = _median_s(lambda: [array[(0, *b.slices)] for b in blocks], args.repeats)
+            whole = median_s(lambda: array[...], args.repeats)
+            block = median_s(lambda: [array[(slice(None), *b.slices)] for b in blocks], args.repeats)
+            one = median_s(lambda: [array[(0, *b.slices)] for b in blocks], args.repeats)
             print(f"chunks={'x'.join(map(str, chunks))} size_mib={_size_mib(path):.0f} "
                   f"whole_mib_s={mib / whole:.0f} blocks_mib_s={mib / block:.0f} "
                   f"one_channel_blocks_s={one:.3f}", flush=True)

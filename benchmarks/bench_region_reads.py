@@ -18,24 +18,17 @@ their ratio.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
+import sys
 from pathlib import Path
 
 import numpy as np
 
-from tiled_seg.io.ngff import open_slide
-from tiled_seg.io.regions import read_region
-from tiled_seg.tiling import plan_blocks
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_chunks import median_s  # noqa: E402
 
-
-def _median_s(function, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+from tiled_seg.io.ngff import open_slide  # noqa: E402
+from tiled_seg.io.regions import read_region  # noqa: E402
+from tiled_seg.tiling import plan_blocks  # noqa: E402
 
 
 def main() -> None:
@@ -72,7 +65,7 @@ def main() -> None:
                 for rows, columns in boxes:
                     read_region(array, axes, rows, columns, channels)
 
-            before, now = _median_s(orthogonal, args.repeats), _median_s(ours, args.repeats)
+            before, now = median_s(orthogonal, args.repeats), median_s(ours, args.repeats)
             print(f"reads={kind} channels={name} n={len(boxes)} oindex_s={before:.3f} "
                   f"read_region_s={now:.3f} ratio={before / now:.2f}", flush=True)
 
