@@ -164,3 +164,29 @@ def test_no_consolidated_metadata_warning(tmp_path) -> None:
         write_anndata_zarr(adata, store, "cell_table", region="cells")
         read_anndata_zarr(store, "cell_table")
         zarr.open_group(str(store / "tables" / "cell_table"), mode="r")
+
+
+def test_anndata_without_copy_shares_the_channel_matrices_of_a_cell_table() -> None:
+    from tiled_seg.measure import measure_arrays
+
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 40, (48, 48)).astype(np.uint32)
+    image = rng.random((2, 48, 48))
+    table = measure_arrays(labels, image, NAMES, 0.5, nuclei=np.where(labels % 3 == 0, labels, 0))
+    shared = to_anndata(table, NAMES, "labels/cells", copy=False)
+    copied = to_anndata(table, NAMES, "labels/cells")
+    assert set(shared.layers) == set(copied.layers) == {"sum", "nuclear", "cytoplasm"}
+    assert np.shares_memory(shared.X, table[NAMES[0]].to_numpy())
+    assert not np.shares_memory(copied.X, table[NAMES[0]].to_numpy())
+    np.testing.assert_array_equal(shared.X, copied.X)
+    assert np.shares_memory(shared.obs["area_px"].to_numpy(), table["area_px"].to_numpy())
+    assert not np.shares_memory(copied.obs["area_px"].to_numpy(), table["area_px"].to_numpy())
+    pd.testing.assert_frame_equal(shared.obs, copied.obs)
+    for layer in copied.layers:
+        assert np.shares_memory(shared.layers[layer], table[f"{NAMES[0]}_{layer}"].to_numpy())
+        np.testing.assert_array_equal(shared.layers[layer], copied.layers[layer])
+    # Columns that are not views of one matrix (reordered here) are copied.
+    swapped = table.rename(columns={NAMES[0]: NAMES[1], NAMES[1]: NAMES[0]})
+    other = to_anndata(swapped, NAMES, "labels/cells", copy=False)
+    assert not np.shares_memory(other.X, table[NAMES[0]].to_numpy())
+    np.testing.assert_array_equal(other.X, swapped[NAMES].to_numpy())

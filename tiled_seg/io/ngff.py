@@ -777,7 +777,9 @@ def write_label_pyramids(
     block_px = max(BLOCK_PX // chunk_px, 1) * chunk_px
     # Blocks of 2 x (whole chunks) halve into whole chunks: no rechunk, no
     # transfers, and about one task per block, not per chunk.
-    levels = {name: da.from_zarr(group["0"], chunks=(2 * block_px, 2 * block_px)) for name, group in groups.items()}
+    levels = {
+        name: da.from_zarr(group["0"], chunks=(2 * block_px, 2 * block_px)) for name, group in groups.items()
+    }
     shapes = {name: pyramid_shapes(level.shape, chunk_px) for name, level in levels.items()}
     total = sum(
         len(plan_blocks(shape, (chunk_px, chunk_px), block_px)) for name in names for shape in shapes[name][1:]

@@ -204,7 +204,9 @@ def _write_anndata(
     into_store: bool, h5ad: str | Path | None, overwrite: bool,
 ) -> dict[str, str]:
     """The AnnData table into the store (``into_store``) and / or ``h5ad``; paths by kind."""
-    adata = to_anndata(table, names, f"labels/{labels}", edges, config, distance_kind=_EDGE_KIND[neighbours])
+    # Sharing the table's channel matrices: adata lives only for the writes.
+    adata = to_anndata(table, names, f"labels/{labels}", edges, config,
+                       distance_kind=_EDGE_KIND[neighbours], copy=False)
     paths: dict[str, str] = {}
     if into_store:
         paths["anndata"] = write_anndata_zarr(adata, store, table_name, region=f"labels/{labels}",

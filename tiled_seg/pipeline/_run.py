@@ -1,9 +1,10 @@
 """``run``: a whole slide through every stage, one named stage function each.
 
 Stages in order: open and validate the inputs, plan the tiles, prepare the
-output, slide statistics, segment the tiles, stitch, write the labels,
-expand nuclei, measure, finish. Every dask computation runs on the client
-given to :func:`run`.
+output, slide statistics, segment the tiles, stitch, write the labels (their
+coarser levels on a thread while the next stages run), expand nuclei,
+measure, finish. Every dask computation runs on the client given to
+:func:`run`.
 """
 
 from __future__ import annotations
@@ -188,8 +189,8 @@ def _write_labels(
     """Write the stitched primary labels, and the linked nuclei when every tile has them.
 
     Only the full resolution: the run writes the coarser levels
-    (:func:`write_label_pyramids`) while it measures. Returns the written label paths by kind and the number of nuclei (None
-    when the run has none).
+    (:func:`write_label_pyramids`) while it measures. Returns the written
+    label paths by kind and the number of nuclei (None when the run has none).
     """
     out_names, primary = inputs.out_names, inputs.primary
     images = {out_names[primary]: stitched_array(ScratchLabels(scratch, "objects"), grid, plan)}
@@ -263,6 +264,7 @@ class _MeasurementWarmup:
         self.futures: list[Future] = []
 
     def tile_done(self) -> None:
+        """Count a finished tile; start the warm-up once a worker has no tile left."""
         self._left -= 1
         if self._left < len(self._workers):
             self.start()
@@ -437,8 +439,9 @@ def _stages(
     # and the cells measured, which read only the full resolution. The thread
     # runs in a copy of this context, where the run's client is current.
     with ThreadPoolExecutor(max_workers=1) as pyramid_writer:
+        written = [inputs.out_names[kind] for kind in labels]
         pyramid = pyramid_writer.submit(
-            contextvars.copy_context().run, write_label_pyramids, store, [inputs.out_names[kind] for kind in labels],
+            contextvars.copy_context().run, write_label_pyramids, store, written,
             chunk_px=_label_chunk_px(inputs), progress=progress,
         )
         tables, qc, notes = _expand_and_measure(store, inputs, plan, config, labels, progress, h5ad, timings)
