@@ -616,6 +616,11 @@ def list_labels(store: str | Path) -> list[str]:
     return [str(n) for n in attrs.get("labels", [])]
 
 
+def _label_block_px(chunk_px: int) -> int:
+    """Side (px) of the blocks label levels are written in: about ``BLOCK_PX``, whole chunks."""
+    return max(BLOCK_PX // chunk_px, 1) * chunk_px
+
+
 def write_labels(
     store: str | Path,
     name: str,
@@ -715,7 +720,7 @@ def write_label_images(
         raise OutputExistsError(
             f"{store}/labels/{taken[0]} exists; pass --overwrite to replace it."
         )
-    block_px = max(BLOCK_PX // chunk_px, 1) * chunk_px
+    block_px = _label_block_px(chunk_px)
     groups, writes = {}, []
     for name, labels in images.items():
         level = da.asarray(labels)
@@ -774,7 +779,7 @@ def write_label_pyramids(
     store = str(store)
     version = _image_version(store)
     groups = {name: zarr.open_group(f"{store}/labels/{name}", mode="a") for name in names}
-    block_px = max(BLOCK_PX // chunk_px, 1) * chunk_px
+    block_px = _label_block_px(chunk_px)
     # Blocks of 2 x (whole chunks) halve into whole chunks: no rechunk, no
     # transfers, and about one task per block, not per chunk.
     levels = {

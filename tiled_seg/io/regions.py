@@ -85,8 +85,9 @@ def _read_zarr(array: zarr.Array, axes: tuple[str, ...], where: dict[str, Any]) 
     """One basic (slice) selection per run of consecutive channels, joined along ``c``.
 
     zarr's orthogonal selection of a channel list scatters every chunk
-    through fancy indexing: 2.7x slower than the slice of the same 16
-    channels of a 1024 px block, 1.4x for 4 panel channels of a tile.
+    through fancy indexing: 1.9x slower than the slice of the same 16
+    channels of 1024 px blocks, 1.25-1.4x for tile boxes
+    (``benchmarks/bench_region_reads.py``).
     """
     channels = where.get("c")
     if not isinstance(channels, list):
