@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tiled_seg.errors import ConfigError, TileLayoutError
-from tiled_seg.labels import first_of_groups
+from tiled_seg.labels import distinct_counts, distinct_ids, first_of_groups
 from tiled_seg.tiling.grid import Tile
 
 __all__ = ["TileMatches", "match_tiles", "core_label_ids", "check_tile_labels"]
@@ -115,11 +115,11 @@ def match_tiles(
         return TileMatches(_EMPTY_PAIRS.copy(), np.zeros(0))
     crop_a = labels_a[shared.relative_to(tile_a.halo).slices].ravel()
     crop_b = labels_b[shared.relative_to(tile_b.halo).slices].ravel()
-    ids_a, inv_a, area_a = np.unique(crop_a, return_inverse=True, return_counts=True)
-    ids_b, inv_b, area_b = np.unique(crop_b, return_inverse=True, return_counts=True)
+    ids_a, inv_a, area_a = distinct_counts(crop_a)
+    ids_b, inv_b, area_b = distinct_counts(crop_b)
     both = (crop_a != 0) & (crop_b != 0)
     # Compact indices (< pixels in the region) keep the packed int64 code far from overflow.
-    codes, overlap = np.unique(inv_a[both].astype(np.int64) * len(ids_b) + inv_b[both], return_counts=True)
+    codes, _, overlap = distinct_counts(inv_a[both].astype(np.int64) * len(ids_b) + inv_b[both])
     ia, ib = np.divmod(codes, len(ids_b))
     iou = overlap / (area_a[ia] + area_b[ib] - overlap)
     # Mutual best: the top pair of its A label and of its B label (ties to the smaller id).
@@ -137,5 +137,5 @@ def core_label_ids(tile: Tile, labels: np.ndarray) -> np.ndarray:
     ``labels`` covers the tile's halo box.
     """
     labels = check_tile_labels(tile, labels, "labels")
-    ids = np.unique(labels[tile.core_in_halo.slices])
+    ids = distinct_ids(labels[tile.core_in_halo.slices].ravel())
     return ids[ids != 0].astype(np.int64)
