@@ -38,7 +38,7 @@ from tiled_seg.quality.qc import run_qc
 from tiled_seg.segment.backends import SlideContext
 from tiled_seg.segment.expand import expand_store
 from tiled_seg.segment.normalize import SlideStats, build_inputs, compute_slide_stats
-from tiled_seg.tiling import TileGrid
+from tiled_seg.tiling import Box, TileGrid
 from tiled_seg.tiling.join import StitchPlan
 from tiled_seg.tiling.stitch import PairMatcher, stitched_array
 from tiled_seg.tiling.tissue import empty_tiles, tissue_mask
@@ -161,13 +161,13 @@ def _empty_tiles(inputs: Inputs, plan: Plan, stats: SlideStats, config: RunConfi
     if not config.tiling.skip_empty:
         return []
     slide = inputs.panel_slide
-    level = slide.levels[plan.stats_level]
-    index = [slide.channel_index(name) for name in inputs.channels]
-    block = np.asarray(level[index].compute())
+    reader = slide.reader([slide.channel_index(name) for name in inputs.channels], level=plan.stats_level)
+    # One direct read of the coarse level: a dask compute of it took 10x longer.
+    block = reader.read(Box(0, reader.shape_yx[0], 0, reader.shape_yx[1]))
     nuclear, membrane = build_inputs(
         block, inputs.channels, config.panel.nuclear, inputs.membrane, stats.low, stats.high
     )
-    scale = level.shape[-1] / slide.shape_yx[1]
+    scale = reader.shape_yx[1] / slide.shape_yx[1]
     fraction = config.tiling.tissue_fraction
     mask = tissue_mask(
         np.nan_to_num(nuclear), None if membrane is None else np.nan_to_num(membrane),
