@@ -327,6 +327,29 @@ def test_viewer_metadata(tmp_path, version):
 
 
 @pytest.mark.parametrize("version", VERSIONS)
+def test_coarser_levels_written_with_the_full_resolution_where_its_blocks_cover_their_chunks(
+    tmp_path, version, client
+):
+    path = tmp_path / "slide.ome.zarr"
+    write_image(path, _image((1, 1024, 1024)), NAMES[:1], 0.5, chunk_px=64, ngff_version=version)
+    cells = np.random.default_rng(1).integers(0, 50, (1024, 1024)).astype(np.uint32)
+    # Blocks of 128 px hold whole 64 px chunks of level 1 (every 2nd pixel),
+    # not of level 2: level 2 is left to write_label_pyramids, read from level 1.
+    write_label_images(path, {"cells": da.from_array(cells, chunks=128)}, 0.5, chunk_px=64, pyramid=False)
+    group = zarr.open_group(str(path / "labels" / "cells"), mode="r")
+    assert sorted(group.array_keys()) == ["0", "1"]
+    np.testing.assert_array_equal(group["1"][...], cells[::2, ::2])
+    reports = []
+    with client.as_current():
+        write_label_pyramids(path, ["cells"], chunk_px=64, progress=lambda *report: reports.append(report))
+    assert sorted(group.array_keys()) == ["0", "1", "2"]
+    for level in range(3):
+        np.testing.assert_array_equal(group[str(level)][...], cells[:: 2**level, :: 2**level])
+    # Only the missing level is counted and written: 256 x 256 px in one block.
+    assert reports[-1] == ("pyramid cells", 1, 1)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
 def test_label_images_written_together_equal_each_written_alone(tmp_path, version, client):
     together, alone = tmp_path / "together.ome.zarr", tmp_path / "alone.ome.zarr"
     cells = _labels()
@@ -336,9 +359,12 @@ def test_label_images_written_together_equal_each_written_alone(tmp_path, versio
         write_labels(path, "old", cells, 0.5, chunk_px=128)
     reports = []
     with client.as_current():
-        write_label_images(together, {"cells": da.from_array(cells, chunks=100), "nuclei": nuclei}, 0.5,
+        write_label_images(together, {"cells": da.from_array(cells, chunks=128), "nuclei": nuclei}, 0.5,
                            chunk_px=128, progress=lambda *report: reports.append(report), pyramid=False)
+        # Blocks of one chunk cannot write the coarser level's chunks; the one
+        # block of the numpy image writes every level.
         assert sorted(zarr.open_group(str(together / "labels" / "cells")).array_keys()) == ["0"]
+        assert sorted(zarr.open_group(str(together / "labels" / "nuclei")).array_keys()) == ["0", "1"]
         write_label_pyramids(together, ["cells", "nuclei"], chunk_px=128,
                              progress=lambda *report: reports.append(report))
     write_labels(alone, "cells", cells, 0.5, chunk_px=128)

@@ -146,8 +146,9 @@ def gather_reduce(
     return combine(values)
 
 
-def _store_block(block: np.ndarray, target: Any, where: tuple[slice, ...]) -> int:
-    target[where] = block
+def _store_block(block: np.ndarray, targets: Sequence[tuple[Any, int]], where: tuple[slice, ...]) -> int:
+    for target, step in targets:
+        target[tuple(slice(s.start // step, -(-s.stop // step)) for s in where)] = block[(slice(None, None, step),) * block.ndim]
     return 0
 
 
@@ -156,14 +157,18 @@ def _count(parts: list[int]) -> int:
 
 
 def store_blocks(
-    writes: Sequence[tuple[da.Array, Any]], stage: str, progress: Progress | None = None,
+    writes: Sequence[tuple[da.Array, Sequence[tuple[Any, int]]]], stage: str, progress: Progress | None = None,
     done: int = 0, total: int | None = None,
 ) -> int:
-    """Write each ``(array, target)`` of ``writes`` (e.g. into a zarr array), one task per dask block.
+    """Write each ``(array, targets)`` of ``writes`` (e.g. into zarr arrays), one task per dask block.
 
-    All writes run in one computation. Each task computes its block and
-    writes it itself, so blocks never travel to the caller; blocks should
-    cover whole chunks of their target. ``progress(stage, done + finished,
+    ``targets`` are ``(target, step)`` pairs: each target gets every
+    ``step``-th element of ``array`` along every axis (1: the array itself;
+    2, 4 ...: the levels of a pyramid taken by nearest neighbour), from the
+    same computed block. All writes run in one computation. Each task
+    computes its block and writes it itself, so blocks never travel to the
+    caller; blocks should start at multiples of every ``step`` and cover
+    whole chunks of their targets. ``progress(stage, done + finished,
     total)`` is reported as blocks are written, so several calls can share
     one count.
 
@@ -174,14 +179,14 @@ def store_blocks(
     """
     task = dask.delayed(_store_block, pure=False)
     leaves = []
-    for array, target in writes:
+    for array, targets in writes:
         # One key: a zarr array is a dataclass, which dask would walk field by
         # field and tokenize for every task it is passed to.
-        target_key = dask.delayed(target, traverse=False)
+        targets_key = dask.delayed(list(targets), traverse=False)
         edges = [np.cumsum((0, *sizes)) for sizes in array.chunks]
         for index, block in zip(np.ndindex(*array.numblocks), array.to_delayed().ravel()):
             where = tuple(slice(int(e[i]), int(e[i + 1])) for e, i in zip(edges, index))
-            leaves.append(task(block, target_key, where))
+            leaves.append(task(block, targets_key, where))
     total = done + len(leaves) if total is None else total
     offset = None if progress is None else (lambda s, n, _: progress(s, done + n, total))
     compute_blocks(leaves, tree_reduce(leaves, _count), stage, offset)

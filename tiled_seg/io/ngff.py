@@ -7,6 +7,7 @@ tested.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import warnings
@@ -694,9 +695,9 @@ def write_label_images(
         coarser levels (names joined by ``+``).
     pyramid : bool
         Also write the coarser levels now. With False only the full
-        resolution is written (the metadata already lists every level):
-        call :func:`write_label_pyramids` before the store is used by
-        anyone else.
+        resolution is written, with the coarser levels whose chunks its
+        blocks cover whole (the metadata already lists every level): call
+        :func:`write_label_pyramids` before the store is used by anyone else.
 
     Other parameters are those of :func:`write_labels`.
 
@@ -729,11 +730,19 @@ def write_label_images(
         if name in labels_group:
             del labels_group[name]
         groups[name] = labels_group.create_group(name)
-        target = groups[name].create_array(
-            "0", shape=level.shape, chunks=(chunk_px, chunk_px), dtype=level.dtype, fill_value=0,
-            **_dimension_kwargs(["y", "x"], version),
-        )
-        writes.append((level, target))
+        shapes = pyramid_shapes(level.shape, chunk_px)
+        # Coarser levels whose chunks the blocks cover whole are written from
+        # the same blocks (every 2**k-th pixel), not read back afterwards.
+        steps = [1, *itertools.takewhile(lambda step: _chunk_aligned(level, chunk_px * step),
+                                         (2**k for k in range(1, len(shapes))))]
+        targets = [
+            (groups[name].create_array(
+                str(index), shape=shapes[index], chunks=(chunk_px, chunk_px), dtype=level.dtype,
+                fill_value=0, **_dimension_kwargs(["y", "x"], version),
+            ), step)
+            for index, step in enumerate(steps)
+        ]
+        writes.append((level, targets))
     store_blocks(writes, f"write {'+'.join(images)}", progress)
     for name, group in groups.items():
         # The image is always in the same store (a separate output links it, see link_image).
@@ -760,10 +769,10 @@ def write_label_pyramids(
 ) -> None:
     """Write the coarser levels of label images whose full resolution is written.
 
-    For :func:`write_label_images` with ``pyramid=False``: each level takes
-    every other pixel of the one above, all images level by level together.
-    A run calls it on a thread while it measures, which reads only the full
-    resolution.
+    For :func:`write_label_images` with ``pyramid=False``: each missing level
+    takes every other pixel of the one above, all images level by level
+    together, from the coarsest level written already. A run calls it on a
+    thread while it measures, which reads only the full resolution.
 
     Parameters
     ----------
@@ -780,20 +789,26 @@ def write_label_pyramids(
     version = _image_version(store)
     groups = {name: zarr.open_group(f"{store}/labels/{name}", mode="a") for name in names}
     block_px = _label_block_px(chunk_px)
+    shapes = {name: pyramid_shapes(group["0"].shape, chunk_px) for name, group in groups.items()}
+    written = {
+        name: sum(1 for _ in itertools.takewhile(lambda index: str(index) in group, range(len(shapes[name]))))
+        for name, group in groups.items()
+    }
     # Blocks of 2 x (whole chunks) halve into whole chunks: no rechunk, no
     # transfers, and about one task per block, not per chunk.
     levels = {
-        name: da.from_zarr(group["0"], chunks=(2 * block_px, 2 * block_px)) for name, group in groups.items()
+        name: da.from_zarr(group[str(written[name] - 1)], chunks=(2 * block_px, 2 * block_px))
+        for name, group in groups.items()
     }
-    shapes = {name: pyramid_shapes(level.shape, chunk_px) for name, level in levels.items()}
     total = sum(
-        len(plan_blocks(shape, (chunk_px, chunk_px), block_px)) for name in names for shape in shapes[name][1:]
+        len(plan_blocks(shape, (chunk_px, chunk_px), block_px))
+        for name in names for shape in shapes[name][written[name]:]
     )
     stage, done = f"pyramid {'+'.join(names)}", 0
     for index in range(1, max(len(s) for s in shapes.values())):
         targets = {}
         for name in names:
-            if index >= len(shapes[name]):
+            if index >= len(shapes[name]) or index < written[name]:
                 continue
             levels[name] = _downsample_nearest(levels[name])
             targets[name] = groups[name].create_array(
@@ -801,7 +816,7 @@ def write_label_pyramids(
                 dtype=levels[name].dtype, fill_value=0, overwrite=True,
                 **_dimension_kwargs(["y", "x"], version),
             )
-        done = store_blocks([(levels[n], t) for n, t in targets.items()], stage, progress, done, total)
+        done = store_blocks([(levels[n], [(t, 1)]) for n, t in targets.items()], stage, progress, done, total)
         for name, target in targets.items():
             levels[name] = da.from_zarr(target, chunks=(2 * block_px, 2 * block_px))
 
