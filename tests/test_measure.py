@@ -160,6 +160,32 @@ def test_partials_combine_in_any_grouping() -> None:
         np.testing.assert_array_equal(nested[key], whole[key])
 
 
+def test_dense_and_sparse_ids_merge_to_the_same_partials() -> None:
+    """Dense ids merge by lookup, sparse ids by sorting: the same sums, boxes and pairs."""
+    labels, image = _slide(shape=(60, 60), n=12, seed=6)
+    image = image.astype(np.float32) / 7  # float sums: the order of additions shows
+    nuclei = np.where(image[0] > image[0].mean(), labels, 0)
+    step = 10**6  # ids 10**6 apart are far sparser than the rows: the sorted merge
+
+    def parts(scale: int) -> list[dict[str, np.ndarray]]:
+        return [
+            block_partials(labels[ys, xs] * scale, image[:, ys, xs], (ys.start, xs.start), nuclei[ys, xs] * scale)
+            for ys in (slice(0, 13), slice(13, 31), slice(31, 60))
+            for xs in (slice(0, 29), slice(29, 60))
+        ]
+
+    dense, sparse = combine_partials(parts(1)), combine_partials(parts(step))
+    np.testing.assert_array_equal(sparse["label"], dense["label"] * step)
+    np.testing.assert_array_equal(sparse["pairs"][:, :2], dense["pairs"][:, :2] * step)
+    np.testing.assert_array_equal(sparse["pairs"][:, 2], dense["pairs"][:, 2])
+    for key in dense.keys() - {"label", "pairs"}:
+        np.testing.assert_array_equal(sparse[key], dense[key], err_msg=key)
+    whole = block_partials(labels, image, (0, 0), nuclei)
+    for key in whole.keys() - {"sum", "nuc_sum"}:
+        np.testing.assert_array_equal(dense[key], whole[key], err_msg=key)
+    np.testing.assert_allclose(dense["sum"], whole["sum"], rtol=1e-12)
+
+
 def test_nuclear_compartments_and_linkage() -> None:
     labels, image = _slide(seed=4)
     # Nucleus k inside cell k on a scattered two thirds of its pixels; cells 3

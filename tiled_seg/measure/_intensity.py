@@ -154,28 +154,26 @@ def _runs(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return order, starts
 
 
+#: Partials merge by id lookup rather than by sorting when the largest id is at
+#: most this many times the number of rows (a run's ids are 1..N).
+_DENSE_IDS_PER_ROW = 4
+
+
 def combine_partials(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """Merge partials of disjoint pixel sets into one partial (same keys).
 
     Counts and sums add, box corners take the min / max, nucleus overlaps add
-    per (cell, nucleus) pair. The result is sorted by label id.
+    per (cell, nucleus) pair. The result is sorted by label id. Values of one
+    id are added in the order of ``parts``, so the merge is reproducible.
+    Dense ids (a run's ``1..N``) are merged into rows found by lookup, one
+    part at a time; other ids through one sorted concatenation, which holds
+    the parts twice more.
     """
-    merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    order, starts = _runs(merged["label"])
-    out: dict[str, np.ndarray] = {"label": merged["label"][order][starts]}
-    for key, values in merged.items():
-        if key in ("label", "pairs"):
-            continue
-        ordered = values[order]
-        if key in _SUM_KEYS:
-            reduce = np.add.reduceat
-        elif key in _MIN_KEYS:
-            reduce = np.minimum.reduceat
-        else:
-            reduce = np.maximum.reduceat
-        out[key] = reduce(ordered, starts, axis=0) if starts.size else ordered[:0]
-    if "pairs" in merged:
-        pairs = merged["pairs"]
+    rows = sum(p["label"].size for p in parts)
+    high = max((int(p["label"].max()) for p in parts if p["label"].size), default=0)
+    out = _combine_by_lookup(parts, high) if 0 < high <= _DENSE_IDS_PER_ROW * rows else _combine_sorted(parts)
+    if "pairs" in parts[0]:
+        pairs = np.concatenate([p["pairs"] for p in parts])
         codes = (pairs[:, 0].astype(np.uint64) << np.uint64(32)) | pairs[:, 1].astype(np.uint64)
         pair_order, pair_starts = _runs(codes)
         if pair_starts.size:
@@ -184,4 +182,51 @@ def combine_partials(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray
             out["pairs"] = np.stack([first[:, 0], first[:, 1], overlap], axis=1)
         else:
             out["pairs"] = pairs[:0]
+    return out
+
+
+def _reduction(key: str) -> np.ufunc:
+    if key in _SUM_KEYS:
+        return np.add
+    return np.minimum if key in _MIN_KEYS else np.maximum
+
+
+def _combine_by_lookup(parts: list[dict[str, np.ndarray]], high: int) -> dict[str, np.ndarray]:
+    """Every key but ``pairs`` of :func:`combine_partials`, for ids up to ``high``."""
+    present = np.zeros(high + 1, dtype=bool)
+    for part in parts:
+        present[part["label"]] = True
+    ids = np.flatnonzero(present)
+    row_of = np.zeros(high + 1, dtype=np.intp)
+    row_of[ids] = np.arange(ids.size)
+    rows = [row_of[part["label"]] for part in parts]
+    out: dict[str, np.ndarray] = {"label": ids.astype(np.int64)}
+    for key, first in parts[0].items():
+        if key in ("label", "pairs"):
+            continue
+        reduce = _reduction(key)
+        merged = np.empty((ids.size, *first.shape[1:]), dtype=first.dtype)
+        seen = np.zeros(ids.size, dtype=bool)
+        for part, row in zip(parts, rows):
+            # A row's first value is copied, not reduced with a start value: 0 + x
+            # or min(max, x) would be the same, but copying needs no identity.
+            new = ~seen[row]
+            merged[row[new]] = part[key][new]
+            old = ~new
+            merged[row[old]] = reduce(merged[row[old]], part[key][old])
+            seen[row] = True
+        out[key] = merged
+    return out
+
+
+def _combine_sorted(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Every key but ``pairs`` of :func:`combine_partials`, through one stable sort by id."""
+    merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0] if k != "pairs"}
+    order, starts = _runs(merged["label"])
+    out: dict[str, np.ndarray] = {"label": merged["label"][order][starts]}
+    for key, values in merged.items():
+        if key == "label":
+            continue
+        ordered = values[order]
+        out[key] = _reduction(key).reduceat(ordered, starts, axis=0) if starts.size else ordered[:0]
     return out

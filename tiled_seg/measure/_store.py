@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -142,7 +142,7 @@ def _measure(
     block_px: int,
     progress: Progress | None,
 ) -> tuple[pd.DataFrame, BlockMeasurements]:
-    """The cell table and the merged block results of ``job``."""
+    """The cell table and the merged graphs of ``job`` (block results without the cell partials)."""
     blocks = plan_blocks(job.labels.shape_yx, job.labels.chunk_yx, block_px)
     measured = measure_blocks(job, blocks, progress)
     table = cell_table(measured.cells, channel_names, pixel_size_um)
@@ -155,7 +155,8 @@ def _measure(
         )
         shapes = hull_features(job.labels, boxes, blocks, progress).rename(columns={"label": "cell_id"})
         table = table.merge(shapes, on="cell_id", how="left", validate="one_to_one")
-    return table, measured
+    # The merged cell partials are as large as the table and not needed past it.
+    return table, replace(measured, cells={})
 
 
 def measure_arrays(
@@ -347,8 +348,6 @@ def measure_store(
                 _write_parquet_table, table, planned["parquet"], provenance, overwrite
             )
         edges = edge_table(measured, table, slide.pixel_size_um, distance_um, neighbours)
-        # The merged partials are as large as the table; drop them before the writes.
-        del measured
         if "parquet" in outputs:
             parquet["neighbours"] = parquet_writer.submit(
                 _write_parquet_table, edges, join(tables_dir, f"{table_name}_neighbours.parquet"),
