@@ -12,12 +12,21 @@ perfectly parallel run would spend segmenting), their ratio, and the peak
 resident memory of all processes (this one plus its workers), sampled every
 0.1 s. The goal: wall / segmenter <= 1.15, and peak memory independent of the
 slide size.
+
+It also prints what the machine allows (:class:`CoreSeconds`): ``busy_s``,
+the seconds workers spent running tasks, plus ``client_cpu_s``, the CPU
+time of this process (the client and the local scheduler), spread over the
+machine's cores, is ``floor_s``: the wall time of a run that kept every core
+busy from start to end. ``floor_over_segmenter`` is the best
+wall / segmenter ratio this machine can reach with the work as it is;
+``wall_over_floor`` how far the run's scheduling is from it.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import shutil
 import tempfile
 import threading
@@ -26,6 +35,7 @@ from pathlib import Path
 from typing import Iterator
 
 import psutil
+from distributed import get_task_stream
 
 from tiled_seg.cluster import connect
 from tiled_seg.config import RunConfig
@@ -65,6 +75,33 @@ class PeakMemory:
         self._thread.join()
 
 
+class CoreSeconds:
+    """Core-seconds a block of code used: workers' task time and this process's CPU time."""
+
+    def __init__(self, client) -> None:
+        self._stream = get_task_stream(client)
+        self.busy_s = self.client_cpu_s = 0.0
+
+    def __enter__(self) -> "CoreSeconds":
+        self._stream.__enter__()
+        self._cpu = time.process_time()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.client_cpu_s = time.process_time() - self._cpu
+        self._stream.__exit__(*exc)
+        self.busy_s = sum(
+            span["stop"] - span["start"]
+            for task in self._stream.data for span in task["startstops"] if span["action"] == "compute"
+        )
+
+    def figures(self, wall_s: float, segmenter_s: float) -> dict[str, float]:
+        """The floor figures of a run of ``wall_s`` whose segmenter time is ``segmenter_s``."""
+        floor = (self.busy_s + self.client_cpu_s) / (os.cpu_count() or 1)
+        return {"busy_s": self.busy_s, "client_cpu_s": self.client_cpu_s, "floor_s": floor,
+                "floor_over_segmenter": floor / segmenter_s, "wall_over_floor": wall_s / floor}
+
+
 def bench_slide(folder: Path, size: int, channels: int) -> Path:
     """The synthetic ``size`` x ``size`` slide of ``channels`` in ``folder``, made once (not timed)."""
     path = folder / f"bench_{size}x{channels}.ome.zarr"
@@ -95,7 +132,7 @@ def bench(size: int, channels: int, workers: int, tile_px: int, folder: Path) ->
     path = bench_slide(folder, size, channels)
     config = RunConfig(measure=False).with_overrides(**{"tiling.tile_px": tile_px})
     with connect(workers=workers) as client:
-        with PeakMemory() as memory:
+        with PeakMemory() as memory, CoreSeconds(client) as cores:
             started = time.perf_counter()
             result = run(path, config, client=client, overwrite=True)
             wall = time.perf_counter() - started
@@ -107,6 +144,7 @@ def bench(size: int, channels: int, workers: int, tile_px: int, folder: Path) ->
         "wall_s": wall,
         "segmenter_s": segmenter,
         "ratio": wall / segmenter,
+        **cores.figures(wall, segmenter),
         "peak_total_gib": memory.peak_total / 2**30,
         "peak_process_gib": memory.peak_single / 2**30,
         **{f"{k}_s": v for k, v in result.timings.items()},

@@ -29,7 +29,9 @@ host's load moves both alike); the other floors once.
 
 Ratios are the figures to read: ``measure / segment`` (goal <= 1),
 ``measure / read_zarr`` and ``blocks / read_zarr`` (goal <= 1.5), ``our_morphology / rp_morphology``
-(goal <= 1), ``wall / segmenter`` (goal <= 2). Peak memory is the summed
+(goal <= 1), ``wall / segmenter`` (goal <= 2), and ``floor_over_segmenter``, the
+best wall / segmenter this machine allows for the same work
+(``bench_pipeline.CoreSeconds``). Peak memory is the summed
 RSS of this process and its workers during the run; ``peak_process_gib`` the
 largest single process (client or worker; the client grows with the cells).
 """
@@ -45,7 +47,7 @@ import numpy as np
 from skimage.measure import regionprops_table
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_pipeline import PeakMemory, bench_slide, print_row, slide_folder  # noqa: E402
+from bench_pipeline import CoreSeconds, PeakMemory, bench_slide, print_row, slide_folder  # noqa: E402
 
 from tiled_seg.cluster import connect  # noqa: E402
 from tiled_seg.config import RunConfig  # noqa: E402
@@ -80,10 +82,11 @@ def bench(size: int, channels: int, workers: int, tile_px: int, folder: Path, fl
     config = RunConfig().with_overrides(**{"tiling.tile_px": tile_px})
     row: dict = {"size": size, "channels": channels, "workers": workers}
     with connect(workers=workers) as client:
-        with PeakMemory() as memory:
+        with PeakMemory() as memory, CoreSeconds(client) as cores:
             wall, result = _timed(lambda: run(path, config, client=client, overwrite=True))
         row.update(tiles=result.n_tiles, cells=result.n_cells, wall_s=wall,
                    segmenter_s=result.segment_seconds / workers,
+                   **cores.figures(wall, result.segment_seconds / workers),
                    peak_total_gib=memory.peak_total / 2**30,
                    peak_process_gib=memory.peak_single / 2**30)
         row.update({f"{k}_s": v for k, v in result.timings.items()})
