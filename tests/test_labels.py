@@ -30,7 +30,8 @@ def _cases() -> list[np.ndarray]:
 @pytest.mark.parametrize("values", _cases(), ids=lambda v: f"{v.dtype}-{v.size}")
 def test_distinct_counts_and_ids_equal_numpy_unique(values):
     ids, inverse, counts = distinct_counts(values)
-    expected_ids, expected_inverse, expected_counts = np.unique(values, return_inverse=True, return_counts=True)
+    expected = np.unique(values, return_inverse=True, return_counts=True)
+    expected_ids, expected_inverse, expected_counts = expected
     np.testing.assert_array_equal(ids, expected_ids)
     np.testing.assert_array_equal(inverse, expected_inverse)
     np.testing.assert_array_equal(counts, expected_counts)

@@ -169,7 +169,9 @@ def test_dense_and_sparse_ids_merge_to_the_same_partials() -> None:
 
     def parts(scale: int) -> list[dict[str, np.ndarray]]:
         return [
-            block_partials(labels[ys, xs] * scale, image[:, ys, xs], (ys.start, xs.start), nuclei[ys, xs] * scale)
+            block_partials(
+                labels[ys, xs] * scale, image[:, ys, xs], (ys.start, xs.start), nuclei[ys, xs] * scale
+            )
             for ys in (slice(0, 13), slice(13, 31), slice(31, 60))
             for xs in (slice(0, 29), slice(29, 60))
         ]

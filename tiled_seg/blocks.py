@@ -148,7 +148,8 @@ def gather_reduce(
 
 def _store_block(block: np.ndarray, targets: Sequence[tuple[Any, int]], where: tuple[slice, ...]) -> int:
     for target, step in targets:
-        target[tuple(slice(s.start // step, -(-s.stop // step)) for s in where)] = block[(slice(None, None, step),) * block.ndim]
+        every_step = (slice(None, None, step),) * block.ndim
+        target[tuple(slice(s.start // step, -(-s.stop // step)) for s in where)] = block[every_step]
     return 0
 
 
@@ -157,8 +158,8 @@ def _count(parts: list[int]) -> int:
 
 
 def store_blocks(
-    writes: Sequence[tuple[da.Array, Sequence[tuple[Any, int]]]], stage: str, progress: Progress | None = None,
-    done: int = 0, total: int | None = None,
+    writes: Sequence[tuple[da.Array, Sequence[tuple[Any, int]]]], stage: str,
+    progress: Progress | None = None, done: int = 0, total: int | None = None,
 ) -> int:
     """Write each ``(array, targets)`` of ``writes`` (e.g. into zarr arrays), one task per dask block.
 
