@@ -20,6 +20,20 @@ def test_integer_percentiles_are_exact(dtype):
     assert got == pytest.approx(expected.tolist())
 
 
+@pytest.mark.parametrize(
+    ("dtype", "low", "high"), [(np.int16, -300, 120), (np.uint16, 40_000, 65_536), (np.int8, -128, 128)]
+)
+def test_small_integer_percentiles_of_every_channel_are_exact(dtype, low, high):
+    """8- and 16-bit images are counted value by value in one pass: negative and top values too."""
+    rng = np.random.default_rng(3)
+    values = np.stack([rng.integers(low, high, size=(64, 90)), rng.integers(low, low + 7, size=(64, 90))])
+    values = values.astype(dtype)
+    got = channel_percentiles(da.from_array(values, chunks=(1, 30, 40)), (0.0, 1.0, 50.0, 99.5, 100.0))
+    for channel, percentiles in zip(values, got):
+        expected = np.percentile(channel, (0.0, 1.0, 50.0, 99.5, 100.0), method="inverted_cdf")
+        assert percentiles == expected.tolist()
+
+
 def test_float_percentiles_are_close_and_ignore_nan():
     values = np.random.default_rng(1).normal(size=(120, 80)).astype(np.float32)
     values[3, 4] = np.nan

@@ -169,6 +169,9 @@ def channel_percentiles(
     channels with one read.
     """
     reader = _as_reader(image)
+    dtype = np.dtype(reader.array.dtype)
+    if np.issubdtype(dtype, np.integer) and dtype.itemsize <= 2:
+        return _small_integer_percentiles(reader, dtype, percentiles, progress)
     extremes = _over_blocks(
         reader, _stack_extremes, _block_min_max, stage="statistics: range", progress=progress
     )
@@ -178,7 +181,6 @@ def channel_percentiles(
     low[empty] = 0.0
     high[empty] = 0.0
     span = np.maximum(high - low, 0.0)
-    dtype = np.dtype(reader.array.dtype)
     exact = np.issubdtype(dtype, np.integer) and span.max(initial=0) + 1 <= MAX_EXACT_BINS
     if exact:
         width = np.ones_like(span)
@@ -191,6 +193,36 @@ def channel_percentiles(
         _percentiles_from_histogram(counts[c], float(low[c]), float(width[c]), percentiles)
         for c in range(counts.shape[0])
     ]
+
+
+def _block_value_counts(block: np.ndarray, offset: int, n_values: int) -> np.ndarray:
+    """``(C, n_values)`` counts of every value of a small-integer ``(C, Y, X)`` block, from ``offset``."""
+    return np.stack([
+        np.bincount(channel.ravel().astype(np.intp) - offset, minlength=n_values) for channel in block
+    ])
+
+
+def _small_integer_percentiles(
+    reader: RegionReader, dtype: np.dtype, percentiles: Sequence[float], progress: Progress | None,
+) -> list[list[float]]:
+    """:func:`channel_percentiles` of 8- and 16-bit integers: one pass counting every value.
+
+    The counts of every possible value give the range and the exact
+    percentiles at once, as the two passes would (one bin per value).
+    """
+    info = np.iinfo(dtype)
+    n_values = int(info.max) - int(info.min) + 1
+    counts = _over_blocks(reader, _sum, _block_value_counts, int(info.min), n_values,
+                          stage="statistics: percentiles", progress=progress)
+    bounds = []
+    for channel in counts:
+        present = np.flatnonzero(channel)
+        if present.size == 0:
+            bounds.append([0.0] * len(percentiles))
+            continue
+        first = int(present[0])
+        bounds.append(_percentiles_from_histogram(channel[first:], float(info.min + first), 1.0, percentiles))
+    return bounds
 
 
 def _stack_extremes(parts: list[np.ndarray]) -> np.ndarray:
