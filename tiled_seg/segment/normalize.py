@@ -160,13 +160,14 @@ def channel_percentiles(
     image: RegionReader | np.ndarray | da.Array, percentiles: Sequence[float],
     progress: Progress | None = None,
 ) -> list[list[float]]:
-    """Percentiles of every channel of a ``(C, Y, X)`` image, in two passes of block tasks.
+    """Percentiles of every channel of a ``(C, Y, X)`` image, in passes of block tasks.
 
-    Integer data whose range spans at most ``MAX_EXACT_BINS`` values gets one
-    bin per value, so its percentiles are exact (the ``inverted_cdf``
-    definition); other data gets ``FLOAT_BINS`` bins between its minimum and
-    maximum. Non-finite pixels are ignored. Each block task reads all its
-    channels with one read.
+    8- and 16-bit integers are counted value by value in one pass. Other
+    integer data whose range spans at most ``MAX_EXACT_BINS`` values gets one
+    bin per value after a pass for the range; so integer percentiles are
+    exact (the ``inverted_cdf`` definition). Other data gets ``FLOAT_BINS``
+    bins between its minimum and maximum. Non-finite pixels are ignored.
+    Each block task reads all its channels with one read.
     """
     reader = _as_reader(image)
     dtype = np.dtype(reader.array.dtype)
@@ -292,9 +293,10 @@ def compute_slide_stats(
 ) -> SlideStats:
     """Slide-wide statistics of the panel channels on one pyramid level.
 
-    Three passes of block tasks over the panel channels (each block read
-    directly, all its channels at once): extremes, histograms (percentiles),
-    and histograms of the derived inputs (Otsu thresholds).
+    Passes of block tasks over the panel channels (each block read
+    directly, all its channels at once): percentiles (one pass for 8- and
+    16-bit images, else extremes then histograms, :func:`channel_percentiles`),
+    then histograms of the derived inputs (Otsu thresholds).
 
     Parameters
     ----------
