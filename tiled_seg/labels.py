@@ -10,6 +10,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 __all__ = [
+    "DENSE_IDS_PER_VALUE",
     "distinct_counts",
     "distinct_ids",
     "first_of_groups",
@@ -59,16 +60,17 @@ def first_of_groups(group: np.ndarray, *keys: np.ndarray) -> np.ndarray:
     return order[first].astype(np.int64)
 
 
-#: Ids are counted (``bincount``) rather than sorted when the largest is at
-#: most this many times the number of values: label images and their crops.
-_DENSE_IDS_PER_VALUE = 4
+#: Ids are looked up or counted in arrays indexed by id, rather than sorted,
+#: when their range is at most this many times the number of values (label
+#: images, their crops, a run's ids 1..N): the arrays stay that small.
+DENSE_IDS_PER_VALUE = 4
 
 
 def _countable(values: np.ndarray) -> bool:
     """Whether ``values`` (1-D) are non-negative integers dense enough to count."""
     if values.size == 0 or not np.issubdtype(values.dtype, np.integer):
         return False
-    return int(values.max()) <= _DENSE_IDS_PER_VALUE * values.size and int(values.min()) >= 0
+    return int(values.max()) <= DENSE_IDS_PER_VALUE * values.size and int(values.min()) >= 0
 
 
 def distinct_ids(values: np.ndarray) -> np.ndarray:

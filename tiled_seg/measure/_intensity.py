@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from tiled_seg.labels import DENSE_IDS_PER_VALUE
 from tiled_seg.measure._kernels import cell_sums, dense_index, label_range
 
 __all__ = ["block_partials", "combine_partials", "empty_partials", "label_index"]
@@ -37,7 +38,7 @@ def label_index(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     low, high, n_labelled = label_range(labels)
     if n_labelled == 0:
         return np.zeros(0, np.int64), np.full(labels.size, -1, np.int64)
-    if high - low <= 4 * labels.size:
+    if high - low <= DENSE_IDS_PER_VALUE * labels.size:
         # Ids inside one block are usually a narrow range: a dense lookup
         # avoids the sort that np.unique would need.
         return dense_index(labels, low, high)
@@ -154,11 +155,6 @@ def _runs(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return order, starts
 
 
-#: Partials merge by id lookup rather than by sorting when the largest id is at
-#: most this many times the number of rows (a run's ids are 1..N).
-_DENSE_IDS_PER_ROW = 4
-
-
 def combine_partials(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """Merge partials of disjoint pixel sets into one partial (same keys).
 
@@ -171,7 +167,8 @@ def combine_partials(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray
     """
     rows = sum(p["label"].size for p in parts)
     high = max((int(p["label"].max()) for p in parts if p["label"].size), default=0)
-    out = _combine_by_lookup(parts, high) if 0 < high <= _DENSE_IDS_PER_ROW * rows else _combine_sorted(parts)
+    dense = 0 < high <= DENSE_IDS_PER_VALUE * rows
+    out = _combine_by_lookup(parts, high) if dense else _combine_sorted(parts)
     if "pairs" in parts[0]:
         pairs = np.concatenate([p["pairs"] for p in parts])
         codes = (pairs[:, 0].astype(np.uint64) << np.uint64(32)) | pairs[:, 1].astype(np.uint64)
