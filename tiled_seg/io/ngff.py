@@ -763,6 +763,14 @@ def write_label_images(
     return groups
 
 
+def _levels_present(group: zarr.Group, n_levels: int) -> int:
+    """How many levels ``0, 1, ...`` of a multiscale ``group`` exist, counted up to the first missing one."""
+    present = 0
+    while present < n_levels and str(present) in group:
+        present += 1
+    return present
+
+
 def write_label_pyramids(
     store: str | Path, names: Sequence[str], *, chunk_px: int = DEFAULT_CHUNK_PX,
     progress: Progress | None = None,
@@ -790,10 +798,7 @@ def write_label_pyramids(
     groups = {name: zarr.open_group(f"{store}/labels/{name}", mode="a") for name in names}
     block_px = _label_block_px(chunk_px)
     shapes = {name: pyramid_shapes(group["0"].shape, chunk_px) for name, group in groups.items()}
-    written = {
-        name: sum(1 for _ in itertools.takewhile(lambda index: str(index) in group, range(len(shapes[name]))))
-        for name, group in groups.items()
-    }
+    written = {name: _levels_present(group, len(shapes[name])) for name, group in groups.items()}
     # Blocks of 2 x (whole chunks) halve into whole chunks: no rechunk, no
     # transfers, and about one task per block, not per chunk.
     levels = {
